@@ -1,0 +1,183 @@
+"""CIFAR models split into ``features`` (input -> last conv map) and ``head`` (map -> logits).
+
+The distillation losses act on the feature map and on the head (method.md section 1), so every model exposes
+them explicitly: ``features(x)`` is B x C x H x W, ``head(f)`` is global average pool + flatten + one linear
+layer, and ``forward(x)`` returns ``(features, logits)``.
+
+The paper's nets are CIFAR variants of torchvision's models; the small nets are the KD-benchmark ones of
+RepDistiller / mdistiller (resnet8..56, resnet8x4/32x4, wrn_16_2/wrn_40_2, MobileNetV2 at width 0.5).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision import models as tv
+
+
+class SplitNet(nn.Module):
+    def __init__(self, features: nn.Module, feature_channels: int, num_classes: int):
+        super().__init__()
+        self.features = features
+        self.feature_channels = feature_channels
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(feature_channels, num_classes))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature_map = self.features(x)
+        return feature_map, self.head(feature_map)
+
+
+# ------------------------------------------------------------------------ torchvision's nets, CIFAR variants
+
+
+def _torchvision_resnet(builder: Callable[..., tv.ResNet]) -> Callable[[int], SplitNet]:
+    def build(num_classes: int) -> SplitNet:
+        net = builder(num_classes=num_classes)
+        # 32x32 inputs: a 3x3 stride-1 stem and no max-pool keep the final map at 4x4
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        features = nn.Sequential(net.conv1, net.bn1, net.relu, net.layer1, net.layer2, net.layer3, net.layer4)
+        return SplitNet(features, net.fc.in_features, num_classes)
+
+    return build
+
+
+def _mobilenet_v2(width: float) -> Callable[[int], SplitNet]:
+    def build(num_classes: int) -> SplitNet:
+        net = tv.mobilenet_v2(num_classes=num_classes, width_mult=width)
+        net.features[0][0].stride = (1, 1)
+        # the first stride-2 inverted-residual block runs at stride 1 too: 32 / 8 -> a 4x4 final map
+        first_downsampling = next(block for block in net.features[1:] if getattr(block, "stride", 1) == 2)
+        first_downsampling.conv[1][0].stride = (1, 1)
+        first_downsampling.stride = 1
+        return SplitNet(net.features, net.last_channel, num_classes)
+
+    return build
+
+
+def _vgg16_bn(num_classes: int) -> SplitNet:
+    layers = list(tv.vgg16_bn().features)
+    assert isinstance(layers[-1], nn.MaxPool2d)
+    # without the last max-pool the final map is 2x2 x 512; the head is pool + one linear layer
+    return SplitNet(nn.Sequential(*layers[:-1]), 512, num_classes)
+
+
+# -------------------------------------------------------------------------------- KD-benchmark CIFAR nets
+
+
+class BasicBlock(nn.Module):
+    """Post-activation residual block of the CIFAR ResNets (He et al. 2016, option B shortcut)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class WideBlock(nn.Module):
+    """Pre-activation block of the wide ResNets (Zagoruyko & Komodakis 2016), dropout 0."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        activated = torch.relu(self.bn1(x))
+        residual = x if self.shortcut is None else self.shortcut(activated)
+        out = self.conv1(activated)
+        return self.conv2(torch.relu(self.bn2(out))) + residual
+
+
+def _stages(block: type[nn.Module], in_channels: int, widths: list[int], blocks_per_stage: int) -> list[nn.Module]:
+    """Three stages of `blocks_per_stage` blocks; every stage after the first halves the resolution."""
+    layers: list[nn.Module] = []
+    for stage, width in enumerate(widths):
+        for i in range(blocks_per_stage):
+            layers.append(block(in_channels, width, 2 if stage > 0 and i == 0 else 1))
+            in_channels = width
+    return layers
+
+
+def _init_conv_bn(net: nn.Module) -> None:
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def _cifar_resnet(depth: int, widths: tuple[int, int, int, int]) -> Callable[[int], SplitNet]:
+    """RepDistiller's CIFAR ResNets: depth = 6n + 2, widths = (stem, stage1, stage2, stage3); final map 8x8."""
+    assert (depth - 2) % 6 == 0
+
+    def build(num_classes: int) -> SplitNet:
+        stem = [nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+        features = nn.Sequential(*stem, *_stages(BasicBlock, widths[0], list(widths[1:]), (depth - 2) // 6))
+        _init_conv_bn(features)
+        return SplitNet(features, widths[3], num_classes)
+
+    return build
+
+
+def _wide_resnet(depth: int, widen: int) -> Callable[[int], SplitNet]:
+    """WRN-depth-widen: depth = 6n + 4; the final BN + ReLU belong to the features; final map 8x8."""
+    assert (depth - 4) % 6 == 0
+
+    def build(num_classes: int) -> SplitNet:
+        widths = [16 * widen, 32 * widen, 64 * widen]
+        features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 1, 1, bias=False),
+            *_stages(WideBlock, 16, widths, (depth - 4) // 6),
+            nn.BatchNorm2d(widths[-1]),
+            nn.ReLU(inplace=True),
+        )
+        _init_conv_bn(features)
+        return SplitNet(features, widths[-1], num_classes)
+
+    return build
+
+
+MODELS: dict[str, Callable[[int], SplitNet]] = {
+    "resnet34": _torchvision_resnet(tv.resnet34),
+    "resnet50": _torchvision_resnet(tv.resnet50),
+    "vgg16_bn": _vgg16_bn,
+    "mobilenet_v2": _mobilenet_v2(1.0),
+    "mobilenet_v2_half": _mobilenet_v2(0.5),
+    "resnet8": _cifar_resnet(8, (16, 16, 32, 64)),
+    "resnet14": _cifar_resnet(14, (16, 16, 32, 64)),
+    "resnet20": _cifar_resnet(20, (16, 16, 32, 64)),
+    "resnet32": _cifar_resnet(32, (16, 16, 32, 64)),
+    "resnet56": _cifar_resnet(56, (16, 16, 32, 64)),
+    "resnet8x4": _cifar_resnet(8, (32, 64, 128, 256)),
+    "resnet32x4": _cifar_resnet(32, (32, 64, 128, 256)),
+    "wrn_16_2": _wide_resnet(16, 2),
+    "wrn_40_2": _wide_resnet(40, 2),
+}
+
+
+def build_model(name: str, num_classes: int) -> SplitNet:
+    """A fresh CIFAR model by name (see MODELS); unknown names list the known ones."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    return MODELS[name](num_classes)

@@ -1,0 +1,249 @@
+import io
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from gkd_tune import data
+from gkd_tune.data import DataSourceError, DeviceLoader, ImageArrays, load_splits, random_crop_flip
+
+
+def random_images(n, seed=0, size=32):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def png_bytes(pixels):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_parquet(path, pixels, labels, label_column="label", names=None, raw=None):
+    encoded = raw if raw is not None else [png_bytes(p) for p in pixels]
+    images = pa.array([{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(encoded)])
+    table = pa.table({"img": images, label_column: pa.array(labels, pa.int64())})
+    if names:
+        table = table.replace_schema_metadata({"label_names": ",".join(names)})
+    pq.write_table(table, path)
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+def test_parquet_file_roundtrips_pixels_and_labels(tmp_path):
+    pixels, labels = random_images(40), np.repeat([0, 1], 20)
+    write_parquet(tmp_path / "tiny.parquet", pixels, labels, names=["cat", "dog"])
+    decoded, _ = data.load_source(f"parquet:{tmp_path / 'tiny.parquet'}")
+    assert decoded.class_names == ("cat", "dog")
+    assert decoded.test is None
+    np.testing.assert_array_equal(decoded.train.images, pixels.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(decoded.train.labels, labels)
+
+
+def test_parquet_directory_with_train_and_test_and_fine_labels(tmp_path):
+    write_parquet(tmp_path / "train-00000.parquet", random_images(30, 1), np.arange(30) % 3, "fine_label")
+    write_parquet(tmp_path / "test-00000.parquet", random_images(9, 2), np.arange(9) % 3, "fine_label")
+    splits = load_splits(f"parquet:{tmp_path}", val_fraction=0.2)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (24, 6, 9)
+    assert splits.class_names == ("0", "1", "2")
+
+
+def test_larger_images_are_resized_to_32(tmp_path):
+    write_parquet(tmp_path / "big.parquet", random_images(4, size=64), [0, 1, 0, 1])
+    decoded, _ = data.load_source(f"parquet:{tmp_path / 'big.parquet'}")
+    assert decoded.train.images.shape == (4, 3, 32, 32)
+
+
+def test_shared_cifar10_sample_splits_900_100_per_class(shared_cifar10):
+    splits = load_splits(f"parquet:{shared_cifar10}")
+    assert splits.num_classes == 10 and splits.class_names[0] == "airplane"
+    assert (len(splits.train), len(splits.val)) == (9000, 1000)
+    assert np.bincount(splits.train.labels).tolist() == [900] * 10
+    assert np.bincount(splits.val.labels).tolist() == [100] * 10
+    assert splits.train.images.shape == (9000, 3, 32, 32) and splits.train.images.dtype == np.uint8
+    assert 60 < splits.train.images.mean() < 200  # real photos, not blank decodes
+
+
+def test_imagefolder_train_and_test(tmp_path):
+    pixels = random_images(12, 3)
+    for i, p in enumerate(pixels):
+        split, cls = ("train" if i < 8 else "test"), ("ant" if i % 2 else "bee")
+        (tmp_path / split / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(p).save(tmp_path / split / cls / f"{i:02d}.png")
+    decoded, _ = data.load_source(f"imagefolder:{tmp_path}")
+    assert decoded.class_names == ("ant", "bee")
+    assert (len(decoded.train), len(decoded.test)) == (8, 4)
+    # ImageFolder orders by class, then file name: ant = odd indices
+    np.testing.assert_array_equal(decoded.train.images[0], pixels[1].transpose(2, 0, 1))
+    assert decoded.train.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_digits_is_offline_and_32x32_rgb():
+    splits = load_splits("digits")
+    assert splits.num_classes == 10
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (1293, 144, 360)
+    assert splits.train.images.shape[1:] == (3, 32, 32)
+    assert splits.train.images.max() > 200  # strokes reach near-white after scaling 0..16 -> 0..255
+
+
+@pytest.mark.parametrize("kind, label_key, meta_name, names_key", [
+    ("cifar10", "labels", "batches.meta", "label_names"),
+    ("cifar100", "fine_labels", "meta", "fine_label_names"),
+])
+def test_torchvision_cifar_directory(tmp_path, monkeypatch, kind, label_key, meta_name, names_key):
+    from torchvision import datasets
+    from torchvision.datasets import cifar
+
+    dataset_class = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
+    # a tiny directory in torchvision's own format: the checksums of the real archive cannot match it
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args: True)
+    monkeypatch.setenv("GKD_TUNE_CACHE", str(tmp_path))
+    folder = tmp_path / "torchvision" / dataset_class.base_folder
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    files = [name for name, _ in dataset_class.train_list + dataset_class.test_list]
+    written = {}
+    for name in files:
+        batch = {"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), label_key: list(range(10))}
+        written[name] = batch
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / meta_name).write_bytes(pickle.dumps({names_key: [f"class{i}" for i in range(10)]}))
+    decoded, _ = data.load_source(kind)
+    assert (len(decoded.train), len(decoded.test)) == (10 * (len(files) - 1), 10)
+    assert decoded.class_names[3] == "class3"
+    np.testing.assert_array_equal(decoded.train.images[0].reshape(-1), written[files[0]]["data"][0])
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("source, message", [
+    ("mnist", "unknown source kind; known: cifar10, cifar100, parquet:PATH"),
+    ("parquet:", "needs a path"),
+    ("parquet:/does/not/exist.parquet", "no such file or directory"),
+    ("imagefolder:/does/not/exist", "no such file or directory"),
+])
+def test_bad_source_names_the_source(source, message):
+    with pytest.raises(DataSourceError, match=f"'{source}'.*{message}"):
+        data.load_source(source)
+
+
+def test_unreadable_image_bytes(tmp_path):
+    write_parquet(tmp_path / "bad.parquet", None, [0, 1], raw=[png_bytes(random_images(1)[0]), b"not an image"])
+    with pytest.raises(DataSourceError, match="bad.parquet.*cannot decode image 1"):
+        data.load_source(f"parquet:{tmp_path / 'bad.parquet'}")
+
+
+def test_missing_label_column(tmp_path):
+    pq.write_table(pa.table({"img": pa.array([{"bytes": b"x", "path": "a"}]), "y": [0]}), tmp_path / "x.parquet")
+    with pytest.raises(DataSourceError, match="no label column"):
+        data.load_source(f"parquet:{tmp_path / 'x.parquet'}")
+
+
+def test_imagefolder_without_train_dir(tmp_path):
+    with pytest.raises(DataSourceError, match="expected class folders under"):
+        data.load_source(f"imagefolder:{tmp_path}")
+
+
+def test_cli_error_is_one_line(capsys):
+    assert data.main(["describe", "parquet:/nope.parquet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data source 'parquet:/nope.parquet'") and err.count("\n") == 1
+
+
+def test_cli_describe_digits(capsys):
+    assert data.main(["describe", "digits"]) == 0
+    out = capsys.readouterr().out
+    assert "classes    10" in out and "train 1293  val 144  test 360" in out and "cache" in out
+
+
+# ---------------------------------------------------------------------------------------- splits, cache
+
+
+def test_split_is_deterministic_and_stratified():
+    labels = np.repeat(np.arange(5), [100, 50, 30, 20, 200])
+    first = data.stratified_split(labels, 0.1, seed=3)
+    again = data.stratified_split(labels, 0.1, seed=3)
+    other = data.stratified_split(labels, 0.1, seed=4)
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.array_equal(first[1], other[1])
+    assert np.bincount(labels[first[1]]).tolist() == [10, 5, 3, 2, 20]
+    assert len(np.intersect1d(*first)) == 0 and len(first[0]) + len(first[1]) == len(labels)
+
+
+def test_cache_is_reused_and_invalidated_by_change(tmp_path, monkeypatch):
+    path = tmp_path / "c.parquet"
+    write_parquet(path, random_images(6), [0, 1, 0, 1, 0, 1])
+    _, cache = data.load_source(f"parquet:{path}")
+    assert cache.exists()
+
+    def must_not_decode(*args):
+        raise AssertionError("decoded again despite a cache")
+
+    monkeypatch.setattr(data, "_decode_parquet", must_not_decode)
+    again, cache_again = data.load_source(f"parquet:{path}")
+    assert cache_again == cache and len(again.train) == 6
+    write_parquet(path, random_images(8), [0, 1] * 4)  # new content -> new fingerprint -> decoded again
+    with pytest.raises(AssertionError, match="decoded again"):
+        data.load_source(f"parquet:{path}")
+
+
+# ---------------------------------------------------------------------------------------------- loader
+
+
+def test_crops_lie_inside_the_padded_image_and_flips_flip():
+    torch.manual_seed(0)
+    images = torch.rand(64, 3, 32, 32)
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4), mode="reflect")
+    out = random_crop_flip(images, 4, torch.Generator().manual_seed(1))
+    assert out.shape == images.shape
+    offsets, flips = set(), []
+    for b in range(len(images)):
+        matches = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
+                   if torch.equal(out[b], padded[b, :, dy:dy + 32, dx:dx + 32].flip(2) if flip
+                                  else padded[b, :, dy:dy + 32, dx:dx + 32])]
+        assert len(matches) == 1, f"image {b} is not one window of its padded image"
+        offsets.add(matches[0][:2])
+        flips.append(matches[0][2])
+    assert 0.2 < np.mean(flips) < 0.8
+    assert len(offsets) > 20  # many different crops, not one fixed offset
+
+
+def test_training_batches_keep_labels_with_images_and_cover_the_epoch():
+    n = 200
+    images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 3, 32, 32)).copy()
+    labels = np.arange(n) % 7
+    loader = DeviceLoader(ImageArrays(images, labels), 32, train=True, mean=(0, 0, 0), std=(1, 1, 1), seed=5)
+    seen = []
+    for batch, batch_labels in loader:
+        index = (batch * 255).round().long()
+        assert (index == index[:, :1, :1, :1]).all()  # constant images stay constant under crop and flip
+        index = index[:, 0, 0, 0]
+        assert torch.equal(batch_labels, index % 7)
+        seen += index.tolist()
+    assert len(loader) == 6 and len(seen) == 192 and len(set(seen)) == 192
+    assert seen != sorted(seen)
+
+
+def test_eval_batches_are_ordered_normalised_and_complete():
+    images = random_images(10).transpose(0, 3, 1, 2).copy()
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    loader = DeviceLoader(ImageArrays(images, np.arange(10)), 4, train=False, mean=mean, std=std)
+    batches = list(loader)
+    assert [len(b[1]) for b in batches] == [4, 4, 2]
+    expected = (torch.from_numpy(images).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(torch.cat([b[0] for b in batches]), expected)
+
+
+def test_loader_state_restores_the_shuffle():
+    arrays = ImageArrays(random_images(50).transpose(0, 3, 1, 2).copy(), np.zeros(50, dtype=np.int64))
+    loader = DeviceLoader(arrays, 10, train=True, mean=(0, 0, 0), std=(1, 1, 1), seed=1)
+    state = loader.state_dict()
+    first = [b[0] for b in loader]
+    loader.load_state_dict(state)
+    for a, b in zip(first, [b[0] for b in loader]):
+        torch.testing.assert_close(a, b)

@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from gkd_tune.models import MODELS, build_model
+
+FINAL_MAP_SIZE = {"resnet34": 4, "resnet50": 4, "mobilenet_v2": 4, "mobilenet_v2_half": 4, "vgg16_bn": 2}
+FEATURE_CHANNELS = {"resnet34": 512, "resnet50": 2048, "mobilenet_v2": 1280, "vgg16_bn": 512, "resnet8x4": 256,
+                    "resnet32x4": 256, "wrn_16_2": 128, "wrn_40_2": 128, "resnet20": 64}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_shapes_and_split_equals_forward(name):
+    torch.manual_seed(0)
+    net = build_model(name, num_classes=7).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feature_map, logits = net(images)
+        recomposed = net.head(net.features(images))
+    size = FINAL_MAP_SIZE.get(name, 8)
+    assert feature_map.shape == (2, net.feature_channels, size, size)
+    if name in FEATURE_CHANNELS:
+        assert net.feature_channels == FEATURE_CHANNELS[name]
+    assert logits.shape == (2, 7)
+    torch.testing.assert_close(recomposed, logits)
+
+
+def test_depths_differ_in_size():
+    sizes = {n: sum(p.numel() for p in build_model(n, 10).parameters()) for n in ("resnet8", "resnet20", "resnet56")}
+    assert sizes["resnet8"] < sizes["resnet20"] < sizes["resnet56"]
+
+
+def test_unknown_model_lists_known_names():
+    with pytest.raises(ValueError, match="unknown model 'resnet7'.*resnet8.*wrn_40_2"):
+        build_model("resnet7", 10)
