@@ -416,7 +416,7 @@ class DeviceLoader:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())
 
 
 # ------------------------------------------------------------------------------------------------- CLI

@@ -10,6 +10,7 @@ RepDistiller / mdistiller (resnet8..56, resnet8x4/32x4, wrn_16_2/wrn_40_2, Mobil
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -18,10 +19,13 @@ from torchvision import models as tv
 
 
 class SplitNet(nn.Module):
+    arch = ""  # the MODELS name it was built from; set by build_model
+
     def __init__(self, features: nn.Module, feature_channels: int, num_classes: int):
         super().__init__()
         self.features = features
         self.feature_channels = feature_channels
+        self.num_classes = num_classes
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(feature_channels, num_classes))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,4 +184,34 @@ def build_model(name: str, num_classes: int) -> SplitNet:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    return MODELS[name](num_classes)
+    net = MODELS[name](num_classes)
+    net.arch = name
+    return net
+
+
+def save_model(path: Path, net: SplitNet, **metadata) -> None:
+    """A model file that `load_model` rebuilds: arch, class count, weights and any plain metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    torch.save({"arch": net.arch, "num_classes": net.num_classes, "state_dict": state, "metadata": metadata}, partial)
+    partial.replace(path)
+
+
+def load_model(path: Path, arch: str | None = None, num_classes: int | None = None) -> tuple[SplitNet, dict]:
+    """(model, metadata) from a `save_model` file, loaded with weights_only=True; checks arch and class count."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        found_arch, found_classes = saved["arch"], saved["num_classes"]
+    except FileNotFoundError:
+        raise ValueError(f"model file {path} does not exist") from None
+    except Exception as error:
+        raise ValueError(f"{path} is not a gkd-tune model file: {error}") from None
+    if arch is not None and found_arch != arch:
+        raise ValueError(f"{path} holds a {found_arch}, expected {arch}")
+    if num_classes is not None and found_classes != num_classes:
+        raise ValueError(f"{path} has {found_classes} classes, the data set has {num_classes}")
+    net = build_model(found_arch, found_classes)
+    net.load_state_dict(saved["state_dict"])
+    return net, saved["metadata"]

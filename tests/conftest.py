@@ -25,3 +25,23 @@ def shared_cifar10():
     if not CIFAR10_10K.exists():
         pytest.skip(f"shared CIFAR-10 sample not found at {CIFAR10_10K}")
     return CIFAR10_10K
+
+
+def make_splits(n_train=64, n_val=32, classes=3, seed=0, name="tiny"):
+    """Random-pixel splits: enough to drive the loop, nothing to learn from."""
+    import numpy as np
+
+    from gkd_tune.data import ImageArrays, Splits
+
+    rng = np.random.default_rng(seed)
+
+    def arrays(n):
+        return ImageArrays(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), np.arange(n) % classes)
+
+    return Splits(name, arrays(n_train), arrays(n_val), arrays(n_val), tuple(map(str, range(classes))),
+                  Path(f"/nonexistent/{name}.npz"))
+
+
+@pytest.fixture
+def tiny_splits():
+    return make_splits()

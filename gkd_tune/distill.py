@@ -1,0 +1,157 @@
+"""Distillers: for one batch and the current training progress, the student's logits and its named loss terms.
+
+One small class per method (mdistiller's shape). The training loop backpropagates ``total`` and logs ``terms``
+(unweighted) and ``beta``. The teacher is frozen: eval mode, no gradients, never updated.
+
+    student   CE only (the no-teacher baseline; also how teachers are trained)
+    kd        vanilla Hinton KD: (1 - alpha) CE + alpha L_kd
+    gompertz  eq. 7: CE + beta(t) * (w_wass L_wasserstein + w_grad L_grad + w_kd L_kd); a zero-weight term is
+              not computed at all
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .losses import FeatureWasserstein, GradientMatching, kd_loss
+from .models import SplitNet
+from .schedules import BetaSchedule
+
+METHODS = ("student", "kd", "gompertz")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    wasserstein: float = 1.0
+    grad: float = 1.0
+    kd: float = 1.0
+
+    def __post_init__(self):
+        for name in ("wasserstein", "grad", "kd"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss weight {name} must be non-negative, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    method: str = "gompertz"
+    tau: float = 4.0  # KD temperature
+    alpha: float = 0.9  # vanilla KD's mix
+    r: float = 0.5  # gradient matching: r * Euclidean + (1 - r) * (1 - cosine)
+    feature_mode: str = "points"  # Wasserstein: "points" or "spatial"
+    sinkhorn_blur: float = 0.05
+    sinkhorn_scaling: float = 0.8
+    weights: LossWeights = field(default_factory=LossWeights)
+    schedule: BetaSchedule = field(default_factory=BetaSchedule)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.tau <= 0:
+            raise ValueError(f"tau must be positive, got {self.tau}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor  # B x num_classes, the student's
+    total: torch.Tensor  # scalar to backpropagate
+    terms: dict[str, torch.Tensor]  # unweighted loss terms, for logging
+    beta: float | None = None
+
+
+class Distiller(nn.Module):
+    """The student being trained, an optional frozen teacher, and the learnable parts of the losses (adapters)."""
+
+    def __init__(self, student: SplitNet, teacher: SplitNet | None = None):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.adapters = nn.ModuleDict()
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # BN statistics of the teacher never move
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.student.parameters()) + list(self.adapters.parameters())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.student(images)[1]
+
+    def forward_train(self, images: torch.Tensor, labels: torch.Tensor, progress: float) -> StepOutput:
+        raise NotImplementedError
+
+    def teacher_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return self.teacher(images)
+
+
+class StudentOnly(Distiller):
+    def forward_train(self, images, labels, progress):
+        _, logits = self.student(images)
+        ce = F.cross_entropy(logits, labels)
+        return StepOutput(logits, ce, {"ce": ce})
+
+
+class VanillaKD(Distiller):
+    def __init__(self, student, teacher, config: DistillConfig):
+        super().__init__(student, teacher)
+        self.alpha, self.tau = config.alpha, config.tau
+
+    def forward_train(self, images, labels, progress):
+        _, logits = self.student(images)
+        _, teacher_logits = self.teacher_outputs(images)
+        ce = F.cross_entropy(logits, labels)
+        kd = kd_loss(logits, teacher_logits, self.tau)
+        return StepOutput(logits, (1 - self.alpha) * ce + self.alpha * kd, {"ce": ce, "kd": kd})
+
+
+class GompertzKD(Distiller):
+    def __init__(self, student, teacher, config: DistillConfig):
+        super().__init__(student, teacher)
+        self.config = config
+        if config.weights.wasserstein > 0:
+            self.adapters["wasserstein"] = FeatureWasserstein(
+                student.feature_channels, teacher.feature_channels, config.feature_mode,
+                config.sinkhorn_blur, config.sinkhorn_scaling,
+            )
+        if config.weights.grad > 0:
+            self.adapters["grad"] = GradientMatching(teacher.feature_channels, student.feature_channels, config.r)
+
+    def forward_train(self, images, labels, progress):
+        weights = self.config.weights
+        student_map, logits = self.student(images)
+        ce = F.cross_entropy(logits, labels)
+        terms = {"ce": ce}
+        beta = self.config.schedule(progress)
+        if weights.wasserstein or weights.grad or weights.kd:
+            teacher_map, teacher_logits = self.teacher_outputs(images)
+        if weights.wasserstein:
+            terms["wasserstein"] = self.adapters["wasserstein"](student_map, teacher_map)
+        if weights.grad:
+            terms["grad"] = self.adapters["grad"](student_map, logits, teacher_map, self.teacher.head, labels)
+        if weights.kd:
+            terms["kd"] = kd_loss(logits, teacher_logits, self.config.tau)
+        guidance = sum(getattr(weights, name) * terms[name] for name in ("wasserstein", "grad", "kd") if name in terms)
+        return StepOutput(logits, ce + beta * guidance, terms, beta)
+
+
+def build_distiller(config: DistillConfig, student: SplitNet, teacher: SplitNet | None) -> Distiller:
+    if config.method == "student":
+        return StudentOnly(student)
+    if teacher is None:
+        raise ValueError(f"method {config.method!r} needs a teacher")
+    if config.method == "kd":
+        return VanillaKD(student, teacher, config)
+    return GompertzKD(student, teacher, config)

@@ -1,0 +1,186 @@
+"""The training loop: epochs, optimiser, learning-rate schedule, evaluation, checkpoints. Plain PyTorch.
+
+It knows nothing of Ray or MLflow: after every epoch it calls ``on_epoch(metrics, trainer)``, so the same loop
+runs in a test, in a single CLI run and inside a Ray Tune trial (which saves ``trainer.state_dict()``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .data import DeviceLoader, Splits
+from .distill import Distiller
+
+LR_SCHEDULES = ("cosine", "multistep")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int  # the planned budget: progress t = epochs done / epochs, also when stopped early
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "cosine"
+    # multistep: lr x 0.1 at these fractions of the budget (RepDistiller's 150/180/210 of 240 epochs)
+    milestones: tuple[float, ...] = (0.625, 0.75, 0.875)
+    seed: int = 0
+    evaluate_test: bool = False
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be positive, got {self.epochs} and {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+EpochCallback = Callable[[dict, "Trainer"], None]
+
+
+class Trainer:
+    """Trains `distiller` on `splits`. ``run()`` continues from ``epoch`` (0, or a loaded checkpoint's)."""
+
+    def __init__(self, distiller: Distiller, splits: Splits, config: TrainConfig, device: torch.device | None = None):
+        self.config = config
+        self.device = device or default_device()
+        self.splits = splits
+        torch.manual_seed(config.seed)
+        self.distiller = distiller.to(self.device)
+        if self.device.type == "cuda":
+            self.distiller.to(memory_format=torch.channels_last)
+        mean, std = splits.channel_stats()
+        make = lambda arrays, train: DeviceLoader(  # noqa: E731
+            arrays, config.batch_size, train=train, mean=mean, std=std, device=self.device, seed=config.seed
+        )
+        self.train_loader = make(splits.train, True)
+        self.val_loader = make(splits.val, False)
+        self.test_loader = make(splits.test, False) if config.evaluate_test and splits.test is not None else None
+        self.optimizer = torch.optim.SGD(
+            distiller.trainable_parameters(), lr=config.lr, momentum=config.momentum,
+            weight_decay=config.weight_decay, nesterov=True,
+        )
+        total_steps = config.epochs * len(self.train_loader)
+        if config.lr_schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
+        else:
+            steps = [round(f * total_steps) for f in config.milestones]
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=steps, gamma=0.1)
+        self.epoch = 0
+        self.history: list[dict] = []
+
+    # ---------------------------------------------------------------------------------------- training
+
+    def run(self, on_epoch: EpochCallback | None = None) -> list[dict]:
+        while self.epoch < self.config.epochs:
+            metrics = self.train_epoch()
+            self.history.append(metrics)
+            if on_epoch is not None:
+                on_epoch(metrics, self)
+        return self.history
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def train_epoch(self) -> dict:
+        self.distiller.train()
+        steps = len(self.train_loader)
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=self.device)
+        seen, beta_sum = 0, 0.0
+        start = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        for step, (images, labels) in enumerate(self.train_loader):
+            progress = (self.epoch + step / steps) / self.config.epochs
+            with self._autocast():
+                out = self.distiller.forward_train(images, labels, progress)
+            self.optimizer.zero_grad(set_to_none=True)
+            out.total.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            # accumulate on the device: no host sync per step
+            for name, value in {"total": out.total, **out.terms}.items():
+                sums[name] = sums.get(name, 0) + value.detach().float()
+            correct += (out.logits.argmax(1) == labels).sum()
+            seen += len(labels)
+            beta_sum += out.beta or 0.0
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        self.epoch += 1
+        metrics = {"epoch": self.epoch, "lr": lr}
+        metrics.update({f"loss_{name}": (value / steps).item() for name, value in sums.items()})
+        if out.beta is not None:
+            metrics["beta"] = beta_sum / steps
+        metrics["train_acc"] = correct.item() / seen
+        metrics["val_loss"], metrics["val_acc"] = self.evaluate(self.val_loader)
+        if self.test_loader is not None:
+            metrics["test_loss"], metrics["test_acc"] = self.evaluate(self.test_loader)
+        metrics["epoch_time_s"] = elapsed
+        metrics["images_per_s"] = seen / elapsed
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, loader: DeviceLoader) -> tuple[float, float]:
+        """(mean CE, accuracy) of the student over a whole split."""
+        self.distiller.eval()
+        loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        for images, labels in loader:
+            with self._autocast():
+                logits = self.distiller(images).float()
+            loss += F.cross_entropy(logits, labels, reduction="sum")
+            correct += (logits.argmax(1) == labels).sum()
+        count = len(loader.labels)
+        return loss.item() / count, correct.item() / count
+
+    # ------------------------------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: weights, optimiser, schedule, epoch, every RNG. weights_only-safe."""
+        state = {
+            "epoch": self.epoch,
+            "student": self.distiller.student.state_dict(),
+            "adapters": self.distiller.adapters.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "train_loader": self.train_loader.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+            "config": asdict(self.config),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.distiller.student.load_state_dict(state["student"])
+        self.distiller.adapters.load_state_dict(state["adapters"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.train_loader.load_state_dict(state["train_loader"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        self.epoch = state["epoch"]
+        self.history = list(state["history"])
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        torch.save(self.state_dict(), partial)
+        partial.replace(path)  # a crash mid-write never leaves a broken checkpoint behind
+
+    def load(self, path: Path) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))

@@ -1,0 +1,58 @@
+"""The distillation weight beta(t) over training progress t in [0, 1].
+
+t = (epoch + step / steps_per_epoch) / planned_epochs, updated every step. The planned number of epochs is the
+full budget (ASHA's max_t), so b and c mean the same at any budget: the Gompertz inflection is at t* = b / c.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+SCHEDULE_KINDS = ("gompertz", "gompertz_decay", "constant", "linear", "cosine")
+
+
+def gompertz_beta(t: float, beta_min: float, beta_max: float, b: float, c: float) -> float:
+    """Eq. 6: beta_min + (beta_max - beta_min) * exp(-exp(b - c t)): slow start, fast rise, saturation."""
+    return beta_min + (beta_max - beta_min) * math.exp(-math.exp(b - c * t))
+
+
+@dataclass(frozen=True)
+class BetaSchedule:
+    """beta(t) for one of SCHEDULE_KINDS.
+
+    gompertz        eq. 6, rising from ~beta_min to ~beta_max with inflection at t = b / c
+    gompertz_decay  its mirror image in value: falling from ~beta_max to ~beta_min, inflection at b / c
+    constant        beta_max throughout
+    linear          beta_min -> beta_max
+    cosine          beta_min -> beta_max along half a cosine wave
+    """
+
+    kind: str = "gompertz"
+    beta_min: float = 0.1
+    beta_max: float = 1.0
+    b: float = 3.0
+    c: float = 6.0
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULE_KINDS:
+            raise ValueError(f"schedule kind must be one of {', '.join(SCHEDULE_KINDS)}, got {self.kind!r}")
+        if self.beta_min < 0 or self.beta_max < 0:
+            raise ValueError(f"beta bounds must be non-negative, got beta_min={self.beta_min}, beta_max={self.beta_max}")
+        if self.beta_min >= self.beta_max:
+            raise ValueError(f"beta_min must be below beta_max, got beta_min={self.beta_min} >= beta_max={self.beta_max}")
+        if self.kind.startswith("gompertz") and self.c <= 0:
+            raise ValueError(f"Gompertz rate c must be positive, got c={self.c}")
+
+    def __call__(self, t: float) -> float:
+        t = min(max(t, 0.0), 1.0)
+        low, high = self.beta_min, self.beta_max
+        if self.kind == "gompertz":
+            return gompertz_beta(t, low, high, self.b, self.c)
+        if self.kind == "gompertz_decay":
+            return high + low - gompertz_beta(t, low, high, self.b, self.c)
+        if self.kind == "constant":
+            return high
+        if self.kind == "linear":
+            return low + (high - low) * t
+        return low + (high - low) * (1 - math.cos(math.pi * t)) / 2

@@ -1,0 +1,79 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gkd_tune.distill import DistillConfig, GompertzKD, LossWeights, VanillaKD, build_distiller
+from gkd_tune.loop import Trainer, TrainConfig
+from gkd_tune.losses import kd_loss
+from gkd_tune.models import build_model
+from gkd_tune.schedules import BetaSchedule
+
+
+def pair(classes=3):
+    torch.manual_seed(0)
+    return build_model("resnet8", classes), build_model("resnet14", classes)
+
+
+def batch(classes=3):
+    return torch.randn(4, 3, 32, 32), torch.arange(4) % classes
+
+
+def test_gompertz_terms_and_total():
+    student, teacher = pair()
+    schedule = BetaSchedule("gompertz", 0.1, 1.0, 3.0, 6.0)
+    distiller = build_distiller(DistillConfig(weights=LossWeights(0.5, 2.0, 1.0), schedule=schedule), student, teacher)
+    images, labels = batch()
+    out = distiller.forward_train(images, labels, progress=0.4)
+    assert set(out.terms) == {"ce", "wasserstein", "grad", "kd"}
+    assert out.beta == pytest.approx(schedule(0.4))
+    t = out.terms
+    expected = t["ce"] + out.beta * (0.5 * t["wasserstein"] + 2.0 * t["grad"] + t["kd"])
+    torch.testing.assert_close(out.total, expected)
+
+
+def test_zero_weight_terms_are_not_computed(monkeypatch):
+    student, teacher = pair()
+    distiller = build_distiller(DistillConfig(weights=LossWeights(0.0, 0.0, 1.0)), student, teacher)
+    assert len(distiller.adapters) == 0  # no Sinkhorn adapter, no gradient remap
+    out = distiller.forward_train(*batch(), progress=0.5)
+    assert set(out.terms) == {"ce", "kd"}
+
+    def no_teacher(*args):
+        raise AssertionError("teacher run although every teacher term has weight 0")
+
+    only_ce = build_distiller(DistillConfig(weights=LossWeights(0.0, 0.0, 0.0)), *pair())
+    monkeypatch.setattr(only_ce, "teacher_outputs", no_teacher)
+    assert set(only_ce.forward_train(*batch(), progress=0.5).terms) == {"ce"}
+
+
+def test_vanilla_kd_mixes_ce_and_kd():
+    student, teacher = pair()
+    distiller = build_distiller(DistillConfig(method="kd", alpha=0.7, tau=2.0), student, teacher)
+    assert isinstance(distiller, VanillaKD)
+    images, labels = batch()
+    out = distiller.forward_train(images, labels, progress=0.0)
+    with torch.no_grad():
+        _, teacher_logits = teacher(images)
+    torch.testing.assert_close(out.total, 0.3 * F.cross_entropy(out.logits, labels)
+                               + 0.7 * kd_loss(out.logits, teacher_logits, 2.0))
+    assert out.beta is None
+
+
+def test_kd_methods_need_a_teacher_and_valid_settings():
+    with pytest.raises(ValueError, match="needs a teacher"):
+        build_distiller(DistillConfig(method="gompertz"), build_model("resnet8", 3), None)
+    with pytest.raises(ValueError, match="method must be one of student, kd, gompertz"):
+        DistillConfig(method="fitnet")
+
+
+def test_teacher_is_frozen_through_training(tiny_splits):
+    student, teacher = pair()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}  # running BN statistics included
+    distiller = build_distiller(DistillConfig(), student, teacher)
+    assert isinstance(distiller, GompertzKD)
+    student_before = student.features[0].weight.clone()
+    Trainer(distiller, tiny_splits, TrainConfig(epochs=1, batch_size=16)).run()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(value, before[name]), f"teacher {name} changed"
+    assert not torch.equal(student.features[0].weight, student_before)

@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from gkd_tune import teacher as teacher_module
+from gkd_tune.models import build_model, load_model, save_model
+from gkd_tune.teacher import TeacherRecipe, obtain_teacher
+
+
+def test_teacher_is_trained_once_then_cached(tiny_splits, tmp_path, monkeypatch):
+    recipe = TeacherRecipe(epochs=1, batch_size=16)
+    net, path, metadata = obtain_teacher(tiny_splits, "resnet8", recipe, 0.1, directory=tmp_path, log=lambda m: None)
+    assert path.exists() and path.parent == tmp_path and 0 <= metadata["val_acc"] <= 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again despite a cached teacher")
+
+    monkeypatch.setattr(teacher_module, "Trainer", no_training)
+    again, path_again, _ = obtain_teacher(tiny_splits, "resnet8", recipe, 0.1, directory=tmp_path, log=lambda m: None)
+    assert path_again == path
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, again.state_dict()[name])
+    # another recipe is another teacher
+    with pytest.raises(AssertionError, match="trained again"):
+        obtain_teacher(tiny_splits, "resnet8", TeacherRecipe(epochs=2), 0.1, directory=tmp_path, log=lambda m: None)
+
+
+def test_teacher_checkpoint_is_checked_against_arch_and_classes(tiny_splits, tmp_path):
+    save_model(tmp_path / "t.pt", build_model("resnet8", 3), val_acc=0.5)
+    net, _, metadata = obtain_teacher(tiny_splits, "resnet8", TeacherRecipe(), 0.1, checkpoint=tmp_path / "t.pt")
+    assert net.arch == "resnet8" and metadata["val_acc"] == 0.5
+    with pytest.raises(ValueError, match="holds a resnet8, expected resnet20"):
+        obtain_teacher(tiny_splits, "resnet20", TeacherRecipe(), 0.1, checkpoint=tmp_path / "t.pt")
+    save_model(tmp_path / "t10.pt", build_model("resnet8", 10))
+    with pytest.raises(ValueError, match="has 10 classes, the data set has 3"):
+        obtain_teacher(tiny_splits, "resnet8", TeacherRecipe(), 0.1, checkpoint=tmp_path / "t10.pt")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+import torch
+
+from gkd_tune import train
+from gkd_tune.data import load_splits
+from gkd_tune.distill import DistillConfig, build_distiller
+from gkd_tune.loop import Trainer, TrainConfig
+from gkd_tune.models import build_model, load_model
+from gkd_tune.teacher import TeacherRecipe, obtain_teacher
+
+
+@pytest.mark.slow
+def test_cli_gompertz_run_on_digits_writes_checkpoint_and_metrics(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--dataset", "digits", "--teacher", "resnet8", "--teacher-epochs", "2", "--student", "resnet8",
+            "--method", "gompertz", "--epochs", "3", "--batch-size", "64", "--out", str(out)]
+    assert train.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "epoch   3/3" in printed and "beta" in printed
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    betas = [r["beta"] for r in rows]
+    assert betas[0] < betas[1] < betas[2]
+    student, metadata = load_model(out / "student.pt", "resnet8", 10)
+    assert metadata["val_acc"] == rows[-1]["val_acc"]
+    torch.load(out / "checkpoint.pt", weights_only=True)
+
+    # resuming a finished run trains nothing more and keeps the history
+    assert train.main(argv + ["--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text()) == rows
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "nope", "--student", "resnet8", "--method", "student"], "error: data source 'nope': unknown"),
+    (["--student", "resnet8", "--method", "kd"], "error: --method kd needs --teacher ARCH"),
+    (["--student", "resnet8", "--method", "gompertz", "--teacher", "resnet8", "--beta-min", "2"],
+     "error: beta_min must be below beta_max"),
+    (["--student", "resnet8", "--method", "student", "--resume"], "error: --resume: no checkpoint"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
+    assert train.main(argv + ["--epochs", "1", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_real_cifar10_images_lift_every_method_well_above_chance(shared_cifar10):
+    # 5,000 training / 5,000 validation images of the real CIFAR-10 sample; chance is 10%
+    splits = load_splits(f"parquet:{shared_cifar10}", val_fraction=0.5)
+    teacher, _, metadata = obtain_teacher(splits, "resnet8", TeacherRecipe(epochs=4, lr=0.1), 0.5)
+    assert metadata["val_acc"] > 0.35
+    for method in ("student", "kd", "gompertz"):
+        torch.manual_seed(0)
+        distiller = build_distiller(DistillConfig(method=method), build_model("resnet8", 10), teacher)
+        history = Trainer(distiller, splits, TrainConfig(epochs=2, batch_size=128, lr=0.1)).run()
+        assert history[-1]["val_acc"] > 0.25, f"{method}: {history[-1]['val_acc']:.3f}"
+        print(f"{method}: val acc {[round(h['val_acc'], 3) for h in history]}")
