@@ -1,0 +1,168 @@
+"""MLflow tracking of a sweep. Only the driver writes to MLflow (a Tune callback), never the trials: one writer
+means no "database is locked" with a sqlite store however many trials run at once, and trials need no access to
+the tracking server.
+
+One experiment per sweep name; a parent run for the sweep (space file, teacher accuracy, best-trial tag) and one
+child run per trial (its hyperparameters, per-epoch metrics, its beta(t) curve, the final student file). Runs
+are found again by tags, not by an in-memory map, so ``--resume`` continues the same runs; per-epoch logging
+skips epochs already logged, so a trial re-running an epoch after a restore leaves no duplicate steps.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from .space import PARAMS, SweepSpec, trial_configs
+from .trainable import STUDENT_FILE
+
+SWEEP_TAG = "gkd_tune.sweep_dir"
+TRIAL_TAG = "gkd_tune.trial_id"
+OUTCOME_TAG = "gkd_tune.outcome"
+LOGGED_METRICS = ("beta", "lr", "train_acc", "val_acc", "val_loss", "test_acc", "test_loss", "epoch_time_s",
+                  "images_per_s")
+
+
+class SweepTracker:
+    """The sweep's experiment and parent run (created, or found again on --resume)."""
+
+    def __init__(self, spec: SweepSpec, sweep_dir: Path):
+        self.spec = spec
+        self.client = MlflowClient(tracking_uri=spec.tracking.uri)
+        experiment = self.client.get_experiment_by_name(spec.experiment)
+        self.experiment_id = (experiment.experiment_id if experiment is not None
+                              else self.client.create_experiment(spec.experiment))
+        found = self.client.search_runs([self.experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep_dir}'", max_results=1)
+        if found:
+            self.parent_id = found[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+        else:
+            self.parent_id = self.client.create_run(self.experiment_id, run_name=spec.name,
+                                                    tags={SWEEP_TAG: str(sweep_dir)}).info.run_id
+
+    def log_start(self, teacher_metadata: dict) -> None:
+        self.client.log_artifact(self.parent_id, self.spec.file, "space")
+        if "val_acc" in teacher_metadata:
+            self.client.log_metric(self.parent_id, "teacher_val_acc", teacher_metadata["val_acc"])
+        settings = {"dataset": self.spec.data.source, "teacher": self.spec.teacher.arch, "student": self.spec.student,
+                    "max_epochs": self.spec.training.max_epochs, "num_samples": self.spec.search.num_samples}
+        self.client.log_batch(self.parent_id, params=[Param(k, str(v)) for k, v in settings.items()])
+
+    def finish(self, status: str, best_trial: str | None = None, best_value: float | None = None) -> None:
+        """End the parent run; on an interrupted sweep, trial runs still RUNNING become KILLED."""
+        if status == "KILLED":
+            running = self.client.search_runs(
+                [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}' and attributes.status = 'RUNNING'")
+            for run in running:
+                self.client.set_terminated(run.info.run_id, "KILLED")
+        if best_trial is not None:
+            self.client.set_tag(self.parent_id, "best_trial", best_trial)
+            self.client.log_metric(self.parent_id, f"best_{self.spec.search.metric}", best_value)
+        self.client.set_terminated(self.parent_id, status)
+
+
+class MlflowTrialLogger(tune.Callback):
+    """A child run per trial, written from the driver as Tune's results arrive.
+
+    Tune pickles its callbacks into the experiment state; only the spec and the sweep directory travel, and a
+    restored logger finds its parent and trial runs again by their tags.
+    """
+
+    def __init__(self, spec: SweepSpec, sweep_dir: Path):
+        self.spec, self.sweep_dir = spec, sweep_dir
+        self._tracker: SweepTracker | None = None
+        self.runs: dict[str, tuple[str, int]] = {}  # trial id -> (run id, last epoch logged)
+
+    def __getstate__(self):
+        return {"spec": self.spec, "sweep_dir": self.sweep_dir}
+
+    def __setstate__(self, state):
+        self.__init__(state["spec"], state["sweep_dir"])
+
+    @property
+    def tracker(self) -> SweepTracker:
+        if self._tracker is None:
+            self._tracker = SweepTracker(self.spec, self.sweep_dir)
+        return self._tracker
+
+    @property
+    def client(self) -> MlflowClient:
+        return self.tracker.client
+
+    def run_for(self, trial) -> tuple[str, int]:
+        if trial.trial_id in self.runs:
+            return self.runs[trial.trial_id]
+        found = self.client.search_runs(
+            [self.tracker.experiment_id],
+            f"tags.`{TRIAL_TAG}` = '{trial.trial_id}' and tags.`mlflow.parentRunId` = '{self.tracker.parent_id}'",
+            max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, "val_acc")
+            last = max((m.step for m in history), default=0)
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = self.client.create_run(
+                self.tracker.experiment_id, run_name=str(trial),
+                tags={"mlflow.parentRunId": self.tracker.parent_id, TRIAL_TAG: trial.trial_id}).info.run_id
+            self._log_trial_setup(run_id, trial.config)
+            last = 0
+        self.runs[trial.trial_id] = (run_id, last)
+        return run_id, last
+
+    def _log_trial_setup(self, run_id: str, config: dict) -> None:
+        spec = self.tracker.spec
+        values = {name: default for name, (default, _, _) in PARAMS.items()}
+        values.update(spec.fixed())
+        values.update(config)
+        values.update(student=spec.student, teacher=spec.teacher.arch)
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(values.items())])
+        distill_config, train_config = trial_configs(spec, config)
+        if distill_config.method == "gompertz":
+            self.client.log_figure(run_id, beta_curve(distill_config.schedule, train_config.epochs), "beta_curve.png")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id, last = self.run_for(trial)
+        epoch = int(result["epoch"])
+        if epoch <= last:  # already logged before a restore re-ran it
+            return
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, epoch) for k, v in result.items()
+                   if (k.startswith("loss_") or k in LOGGED_METRICS) and isinstance(v, (int, float))]
+        self.client.log_batch(run_id, metrics=metrics)
+        self.runs[trial.trial_id] = (run_id, epoch)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id, last = self.run_for(trial)
+        if trial.checkpoint is not None:
+            with trial.checkpoint.as_directory() as directory:
+                self.client.log_artifact(run_id, str(Path(directory) / STUDENT_FILE), "checkpoint")
+        completed = last >= self.tracker.spec.training.max_epochs
+        self.client.log_batch(run_id, tags=[RunTag(OUTCOME_TAG, "completed" if completed else "stopped_by_asha"),
+                                            RunTag("epochs_run", str(last))])
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id, _ = self.run_for(trial)
+        self.client.set_tag(run_id, OUTCOME_TAG, "failed")
+        self.client.set_terminated(run_id, "FAILED")
+
+
+def beta_curve(schedule, epochs: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [i / 200 for i in range(201)]
+    figure, axes = plt.subplots(figsize=(5, 3))
+    axes.plot([t * epochs for t in steps], [schedule(t) for t in steps])
+    axes.axvline(schedule.b / schedule.c * epochs, linestyle=":", color="grey")
+    axes.set(xlabel="epoch", ylabel="beta", title=f"{schedule.kind}: b={schedule.b:.2f}, c={schedule.c:.2f}")
+    figure.tight_layout()
+    plt.close(figure)
+    return figure

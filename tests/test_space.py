@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gkd_tune.space import Distribution, SpaceError, load_space, parse_space, trial_configs, tune_space
+
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+MINIMAL = {"name": "s", "params": {"b": {"uniform": [1, 5]}, "tau": {"choice": [2, 4]}}}
+
+
+@pytest.mark.parametrize("file", sorted(SPACES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_spaces_parse(file):
+    spec = load_space(file)
+    assert {"b", "c", "r", "tau", "beta_min", "beta_max"} <= set(spec.searched())
+
+
+def test_quickstart_is_a_cpu_sweep_with_work_for_asha_and_tpe():
+    spec = load_space(SPACES / "quickstart.yaml")
+    assert spec.data.source == "digits" and spec.resources.gpu == 0
+    assert spec.search.num_samples >= 8 and spec.search.grace_period < spec.training.max_epochs
+
+
+def test_parsed_into_typed_objects_and_tune_space():
+    spec = parse_space(MINIMAL, "x.yaml")
+    assert spec.searched() == {"b": Distribution("uniform", (1.0, 5.0)), "tau": Distribution("choice", (2.0, 4.0))}
+    space = tune_space(spec)
+    assert set(space) == {"b", "tau"}
+    distill, train = trial_configs(spec, {"b": 2.5, "tau": 4.0})
+    assert distill.schedule.b == 2.5 and distill.tau == 4.0 and train.epochs == spec.training.max_epochs
+
+
+def bad(change):
+    raw = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    for path, value in change.items():
+        node = raw
+        *parents, last = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"nmae": "x"}, r"x.yaml: nmae: unknown key \(did you mean 'name'\?\)"),
+    ({"params.tua": 4}, r"params.tua: unknown key \(did you mean 'tau'\?\)"),
+    ({"training.max_epoch": 3}, r"training.max_epoch: unknown key \(did you mean 'max_epochs'\?\)"),
+    ({"student": "resnet9"}, r"student: must be one of resnet34, .*, got 'resnet9'"),
+    ({"teacher.arch": 3}, r"teacher.arch: must be a string, got 3"),
+    ({"training.max_epochs": 0}, r"training.max_epochs: must be >= 1"),
+    ({"data.val_fraction": 1.5}, r"data.val_fraction: must be <= 0.9"),
+    ({"params.b": {"normal": [0, 1]}}, r"params.b.normal: unknown key.*; allowed: uniform, loguniform, int, choice"),
+    ({"params.b": {"uniform": [5, 1]}}, r"params.b.uniform: low must be below high"),
+    ({"params.b": {"uniform": [1]}}, r"params.b.uniform: must be \[low, high\]"),
+    ({"params.lr": {"loguniform": [0, 1]}}, r"params.lr: values must be > 0|loguniform needs low > 0"),
+    ({"params.feature_mode": {"uniform": [0, 1]}}, r"params.feature_mode.uniform: feature_mode is categorical"),
+    ({"params.feature_mode": {"choice": ["points", "pixels"]}},
+     r"params.feature_mode.choice\[1\]: must be one of points, spatial"),
+    ({"params.r": {"uniform": [0.5, 1.5]}}, r"params.r: values must be \[0, 1\], got range \[0.5, 1.5\]"),
+    ({"params.beta_min": {"uniform": [0.1, 0.6]}, "params.beta_max": {"uniform": [0.5, 1.0]}},
+     r"params.beta_min: every beta_min must be below every beta_max: the highest beta_min \(0.6\)"),
+    ({"params.beta_min": 1.0}, r"params.beta_min: every beta_min must be below every beta_max"),
+    ({"search.metric": "accuracy"}, r"search.metric: must be one of val_acc, val_loss"),
+    ({"search.grace_period": 50}, r"search.grace_period: must be <= training.max_epochs"),
+    ({"search.reduction_factor": 1}, r"search.reduction_factor: must be >= 2"),
+    ({"resources.gpu": -1}, r"resources.gpu: must be >= 0"),
+    ({"teacher.checkpoint": "/no/such/teacher.pt"}, r"teacher.checkpoint: file /no/such/teacher.pt does not exist"),
+])
+def test_each_error_names_file_field_and_what_is_allowed(change, message):
+    with pytest.raises(SpaceError, match=message):
+        parse_space(bad(change), "x.yaml")
+
+
+def test_name_is_required_and_file_errors(tmp_path):
+    with pytest.raises(SpaceError, match="name: is required"):
+        parse_space({"params": {}}, "x.yaml")
+    with pytest.raises(SpaceError, match="missing.yaml: file: does not exist"):
+        load_space(tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(SpaceError, match="broken.yaml: file: is not valid YAML"):
+        load_space(tmp_path / "broken.yaml")
+
+
+def test_command_line_overrides():
+    spec = parse_space(MINIMAL, "x.yaml").with_overrides(num_samples=3, seed=7, tracking_uri="sqlite:///t.db",
+                                                          storage_path="/tmp/s")
+    assert (spec.search.num_samples, spec.search.seed, spec.tracking.uri, spec.storage_path) == (
+        3, 7, "sqlite:///t.db", "/tmp/s")
