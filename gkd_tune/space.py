@@ -7,7 +7,7 @@ See README.md ("Search-space files") for the format and search_spaces/*.yaml for
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +140,7 @@ class SweepSpec:
         return {k: v for k, v in self.params.items() if not isinstance(v, Distribution)}
 
     def with_overrides(self, **changes) -> "SweepSpec":
-        from dataclasses import replace
-
+        """The spec with the command line's overrides (None means: keep the file's value)."""
         search = replace(self.search, **{k: v for k, v in changes.items() if k in ("num_samples", "seed") and v is not None})
         tracking = replace(self.tracking, uri=changes["tracking_uri"]) if changes.get("tracking_uri") else self.tracking
         storage = changes.get("storage_path") or self.storage_path
