@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .data import DeviceLoader, Splits
 from .distill import Distiller
+from .models import save_atomically
 
 LR_SCHEDULES = ("cosine", "multistep")
 
@@ -177,10 +178,7 @@ class Trainer:
         self.history = list(state["history"])
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        partial = path.with_name(path.name + ".partial")
-        torch.save(self.state_dict(), partial)
-        partial.replace(path)  # a crash mid-write never leaves a broken checkpoint behind
+        save_atomically(self.state_dict(), path)
 
     def load(self, path: Path) -> None:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))

@@ -189,14 +189,20 @@ def build_model(name: str, num_classes: int) -> SplitNet:
     return net
 
 
-def save_model(path: Path, net: SplitNet, **metadata) -> None:
-    """A model file that `load_model` rebuilds: arch, class count, weights and any plain metadata."""
+def save_atomically(obj, path: Path) -> None:
+    """torch.save through a temporary file: a crash mid-write never leaves a broken file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    torch.save({"arch": net.arch, "num_classes": net.num_classes, "state_dict": state, "metadata": metadata}, partial)
+    torch.save(obj, partial)
     partial.replace(path)
+
+
+def save_model(path: Path, net: SplitNet, **metadata) -> None:
+    """A model file that `load_model` rebuilds: arch, class count, weights and any plain metadata."""
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    save_atomically({"arch": net.arch, "num_classes": net.num_classes, "state_dict": state, "metadata": metadata},
+                    path)
 
 
 def load_model(path: Path, arch: str | None = None, num_classes: int | None = None) -> tuple[SplitNet, dict]:

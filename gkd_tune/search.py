@@ -67,8 +67,10 @@ def plan(spec: SweepSpec) -> str:
 
 
 def prepare_teacher(spec: SweepSpec, directory: Path) -> tuple[Path, dict]:
-    """Train or load the teacher once, and put it where every trial (on any node) can read it."""
-    from .models import load_model
+    """Train or load the teacher once, and put it where every trial (on any node) can read it.
+
+    obtain_teacher has already checked the file against the arch and the class count; the copy is byte-identical.
+    """
     from .teacher import obtain_teacher
 
     splits = load_splits(spec.data.source, spec.data.val_fraction)
@@ -79,7 +81,6 @@ def prepare_teacher(spec: SweepSpec, directory: Path) -> tuple[Path, dict]:
     directory.mkdir(parents=True, exist_ok=True)
     if source.resolve() != shared.resolve():
         shutil.copyfile(source, shared)
-    load_model(shared, spec.teacher.arch, splits.num_classes)  # fail here, not in every trial
     return shared, metadata
 
 
