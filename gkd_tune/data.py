@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 
 SOURCE_KINDS = ("cifar10", "cifar100", "parquet:PATH", "imagefolder:DIR", "digits")
 IMAGE_SIZE = 32
@@ -41,6 +42,10 @@ class DataSourceError(ValueError):
 
     def __init__(self, source: str, problem: str):
         super().__init__(f"data source {source!r}: {problem}")
+        self.source, self.problem = source, problem
+
+    def __reduce__(self):  # raised inside Ray tasks and trials: must survive pickling back to the driver
+        return type(self), (self.source, self.problem)
 
 
 @dataclass(frozen=True)
@@ -279,28 +284,42 @@ def cache_path_for(source: str, root: Path | None = None) -> Path:
     return root / "arrays" / f"{kind}-{stem}-{_fingerprint(source, kind, location, root)}.npz"
 
 
+def absolute_source(source: str) -> str:
+    """The same source with its path made absolute: trials run in other working directories (and on other nodes)."""
+    kind, location = _parse(source)
+    return f"{kind}:{Path(location).expanduser().resolve()}" if location else source
+
+
 def load_source(source: str, root: Path | None = None) -> tuple[DecodedSource, Path]:
     """Decoded arrays of a source, from the cache when present (decoding and caching them otherwise)."""
     root = root or cache_root()
     kind, location = _parse(source)
     path = cache_path_for(source, root)
     if path.exists():
-        with np.load(path, allow_pickle=False) as cached:
-            test = ImageArrays(cached["test_images"], cached["test_labels"]) if "test_images" in cached else None
-            decoded = DecodedSource(
-                ImageArrays(cached["train_images"], cached["train_labels"]), test, tuple(cached["class_names"])
-            )
-        return decoded, path
-    if kind == "parquet":
-        decoded = _decode_parquet(source, location)
-    elif kind == "imagefolder":
-        decoded = _decode_imagefolder(source, location)
-    elif kind == "digits":
-        decoded = _decode_digits()
-    else:
-        decoded = _decode_torchvision_cifar(source, kind, root / "torchvision")
-    _write_cache(decoded, path)
+        return _read_cache(path), path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # one decoder per cache: trials starting together on a fresh node would otherwise all download CIFAR into the
+    # same files at once
+    with FileLock(f"{path}.lock"):
+        if path.exists():  # decoded by another process while this one waited
+            return _read_cache(path), path
+        if kind == "parquet":
+            decoded = _decode_parquet(source, location)
+        elif kind == "imagefolder":
+            decoded = _decode_imagefolder(source, location)
+        elif kind == "digits":
+            decoded = _decode_digits()
+        else:
+            decoded = _decode_torchvision_cifar(source, kind, root / "torchvision")
+        _write_cache(decoded, path)
     return decoded, path
+
+
+def _read_cache(path: Path) -> DecodedSource:
+    with np.load(path, allow_pickle=False) as cached:
+        test = ImageArrays(cached["test_images"], cached["test_labels"]) if "test_images" in cached else None
+        return DecodedSource(ImageArrays(cached["train_images"], cached["train_labels"]), test,
+                             tuple(cached["class_names"]))
 
 
 def _write_cache(decoded: DecodedSource, path: Path) -> None:
@@ -312,7 +331,7 @@ def _write_cache(decoded: DecodedSource, path: Path) -> None:
     if decoded.test is not None:
         arrays.update(test_images=decoded.test.images, test_labels=decoded.test.labels)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # write-then-rename: concurrent trials decoding the same source never read a half-written file
+    # write-then-rename: a reader never sees a half-written file
     partial = path.with_suffix(f".{os.getpid()}.partial.npz")
     np.savez(partial, **arrays)
     os.replace(partial, path)

@@ -11,10 +11,23 @@ from .trainable import STUDENT_FILE
 TOP = 5
 
 
-def mlflow_ui_command(uri: str) -> str:
+def mlflow_ui_hint(uri: str, experiment_id: str) -> str:
+    """How to look at the sweep's runs: a tracking server is already a UI; a store needs `mlflow ui`."""
+    page = f"#/experiments/{experiment_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri.rstrip('/')}/{page} (on a cluster through the tunnel: see cluster/README.md)"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())  # relative -> absolute, works anywhere
-    return f"mlflow ui --backend-store-uri {uri}"
+    return f"mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/{page}"
+
+
+def checkpoint_location(checkpoint) -> str:
+    """A Tune checkpoint's folder as a path or URI (s3://...) that can be typed elsewhere."""
+    filesystem = checkpoint.filesystem
+    if filesystem is None or filesystem.type_name == "local":
+        return checkpoint.path
+    scheme = {"gcs": "gs"}.get(filesystem.type_name, filesystem.type_name)  # pyarrow's name -> the URI scheme
+    return f"{scheme}://{checkpoint.path}"
 
 
 def print_summary(results, spec: SweepSpec, tracker: SweepTracker) -> tuple[str, float]:
@@ -30,10 +43,10 @@ def print_summary(results, spec: SweepSpec, tracker: SweepTracker) -> tuple[str,
         print(f"{rank:<5}{result.metrics['trial_id']:<10}{result.metrics[metric]:>9.4f}"
               f"{result.metrics['epoch']:>8}  {values}")
     best = finished[0]
-    student = Path(best.checkpoint.path) / STUDENT_FILE if best.checkpoint else None
-    print(f"\nbest student: {student}  (gkd_tune.models.load_model)")
-    experiment_url = f"#/experiments/{tracker.experiment_id}"
-    print(f"MLflow: {mlflow_ui_command(spec.tracking.uri)}   then open http://127.0.0.1:5000/{experiment_url}")
+    student = f"{checkpoint_location(best.checkpoint)}/{STUDENT_FILE}" if best.checkpoint else None
+    print(f"\nbest student: {student}  (gkd_tune.models.load_model; also the best run's checkpoint/student.pt "
+          f"artifact in MLflow)")
+    print(f"MLflow: {mlflow_ui_hint(spec.tracking.uri, tracker.experiment_id)}")
     return best.metrics["trial_id"], float(best.metrics[metric])
 
 

@@ -3,20 +3,22 @@
     python -m gkd_tune.search --space search_spaces/quickstart.yaml
     mlflow ui            # in the same folder: the sweep's experiment, one child run per trial
 
-The teacher is trained (or loaded) once, before any trial, and handed to trials by its file in the sweep's
-storage directory. An interrupted sweep continues with --resume.
+The teacher is trained (or loaded) once, before any trial, by a Ray task with a trial's resources (on a cluster:
+a GPU worker, never the CPU head), and handed to trials by its file in the sweep's storage. An interrupted sweep
+continues with --resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
-from .data import DataSourceError, load_splits
+from .data import DataSourceError
 from .space import SpaceError, SweepSpec, load_space, tune_space
+from .storage import SweepStorage
 
 EXIT_INTERRUPTED = 130
 
@@ -32,14 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (overrides tracking.uri; default "
                         "sqlite:///mlflow.db in the working directory)")
     parser.add_argument("--storage-path", help="where trials' checkpoints and the teacher go (overrides "
-                        "storage_path); must be readable by every node of a cluster")
-    parser.add_argument("--address", help="an existing Ray cluster, e.g. 'auto' or ray://HEAD:10001 "
-                        "(default: start a local one)")
+                        "storage_path): a folder, or a URI such as s3://bucket/prefix; on a cluster, storage "
+                        "every node can read")
+    parser.add_argument("--address", help="an existing Ray cluster, e.g. 'auto' or HEAD_IP:6379 (default: the "
+                        "cluster in RAY_ADDRESS, as under `ray job submit`, else a new local one)")
     return parser
 
 
-def sweep_dir(spec: SweepSpec) -> Path:
-    return Path(spec.storage_path).expanduser().resolve() / spec.name
+def sweep_storage(spec: SweepSpec) -> SweepStorage:
+    return SweepStorage.for_sweep(spec.storage_path, spec.name)
 
 
 def plan(spec: SweepSpec) -> str:
@@ -61,27 +64,31 @@ def plan(spec: SweepSpec) -> str:
         f"resources  {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU per trial",
         f"searched\n{searched or '  (nothing)'}",
         f"fixed      {fixed}",
-        f"storage    {sweep_dir(spec)}",
+        f"storage    {sweep_storage(spec).location}",
         f"tracking   {spec.tracking.uri}  (experiment {spec.experiment!r})",
     ])
 
 
-def prepare_teacher(spec: SweepSpec, directory: Path) -> tuple[Path, dict]:
-    """Train or load the teacher once, and put it where every trial (on any node) can read it.
+def prepare_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
+    """Put the teacher in the sweep's storage (trained, cached or given) and return its metadata.
 
-    obtain_teacher has already checked the file against the arch and the class count; the copy is byte-identical.
+    Training runs as a Ray task with a trial's CPUs and whole GPUs, so on a cluster it lands on a GPU worker (the
+    autoscaler starts one if needed), never on the CPU-only head where the driver runs. A given teacher.checkpoint
+    is a file on the driver's machine: it is checked and uploaded from here.
     """
-    from .teacher import obtain_teacher
+    import ray
+    from ray.exceptions import RayTaskError
 
-    splits = load_splits(spec.data.source, spec.data.val_fraction)
-    checkpoint = Path(spec.teacher.checkpoint).expanduser() if spec.teacher.checkpoint else None
-    _, source, metadata = obtain_teacher(splits, spec.teacher.arch, spec.teacher.recipe(), spec.data.val_fraction,
-                                         checkpoint=checkpoint)
-    shared = directory / "teacher.pt"
-    directory.mkdir(parents=True, exist_ok=True)
-    if source.resolve() != shared.resolve():
-        shutil.copyfile(source, shared)
-    return shared, metadata
+    from .trainable import provide_teacher
+
+    if spec.teacher.checkpoint:
+        return provide_teacher(spec, storage)
+    task = ray.remote(provide_teacher).options(num_cpus=spec.resources.cpu,
+                                               num_gpus=math.ceil(spec.resources.gpu), max_retries=2)
+    try:
+        return ray.get(task.remote(spec, storage))
+    except RayTaskError as error:  # a bad data source or teacher: the error itself, not a remote traceback
+        raise error.cause if isinstance(error.cause, (DataSourceError, ValueError)) else error
 
 
 def resume_command(args: argparse.Namespace) -> str:
@@ -93,35 +100,42 @@ def resume_command(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace, spec: SweepSpec) -> int:
     import ray
     from ray import tune
+
+    storage = sweep_storage(spec)
+    if args.resume and not tune.Tuner.can_restore(storage.location):
+        raise ValueError(f"--resume: no sweep to continue at {storage.location}")
+    if not args.resume and storage.has_experiment():
+        raise ValueError(f"a sweep named {spec.name!r} already exists at {storage.location}: continue it with "
+                         f"--resume, or give another name / --storage-path")
+    # address None: RAY_ADDRESS if set (`ray job submit` sets it), else a new local Ray
+    ray.init(address=args.address, include_dashboard=False)
+    try:
+        return sweep(args, spec, storage)
+    finally:
+        ray.shutdown()  # on a cluster: disconnects; the cluster stays
+
+
+def sweep(args: argparse.Namespace, spec: SweepSpec, storage: SweepStorage) -> int:
+    from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from .report import print_summary
     from .tracking import MlflowTrialLogger, SweepTracker
-    from .trainable import train_trial
+    from .trainable import TEACHER_FILE, train_trial
 
-    directory = sweep_dir(spec)
-    if args.resume and not tune.Tuner.can_restore(str(directory)):
-        raise ValueError(f"--resume: no sweep to continue at {directory}")
-    if not args.resume and directory.exists() and any(directory.glob("experiment_state*")):
-        raise ValueError(f"a sweep named {spec.name!r} already exists at {directory}: continue it with --resume, "
-                         f"or give another name / --storage-path")
-
-    if args.address:
-        ray.init(address=args.address)
-    else:
-        ray.init(include_dashboard=False)
-    teacher_file, teacher_metadata = prepare_teacher(spec, directory)
-    tracker = SweepTracker(spec, directory)
-    tracker.log_start(teacher_metadata)
-    logger = MlflowTrialLogger(spec, directory)
+    teacher_metadata = None if args.resume and storage.exists(TEACHER_FILE) else prepare_teacher(spec, storage)
+    tracker = SweepTracker(spec, storage.location)
+    if teacher_metadata is not None:
+        tracker.log_start(teacher_metadata)
+    logger = MlflowTrialLogger(spec, storage.location)
 
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, spec=spec, teacher_file=str(teacher_file)),
+        tune.with_parameters(train_trial, spec=spec, storage=storage),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     if args.resume:
-        tuner = tune.Tuner.restore(str(directory), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(storage.location, trainable, resume_unfinished=True, resume_errored=True)
     else:
         s = spec.search
         tuner = tune.Tuner(
@@ -135,7 +149,7 @@ def run(args: argparse.Namespace, spec: SweepSpec) -> int:
                                         grace_period=s.grace_period, reduction_factor=s.reduction_factor),
             ),
             run_config=tune.RunConfig(
-                name=spec.name, storage_path=str(directory.parent), callbacks=[logger],
+                name=spec.name, storage_path=storage.parent, callbacks=[logger],
                 failure_config=tune.FailureConfig(max_failures=s.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
@@ -166,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SpaceError, DataSourceError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the trials started (Tune handles Ctrl-C itself once they run)
+        print("\ninterrupted before any trial started; nothing to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

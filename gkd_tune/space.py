@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .data import DataSourceError, absolute_source
 from .distill import METHODS, DistillConfig, LossWeights
 from .loop import LR_SCHEDULES, TrainConfig
 from .losses import FEATURE_MODES
@@ -248,6 +249,10 @@ def parse_space(raw: Any, file: Path | str = "<space>") -> SweepSpec:
     name = reader.scalar(raw["name"], "name", str)
     models = tuple(MODELS)
     data = reader.dataclass(DataSpec, raw.get("data"), "data", {"val_fraction": dict(low=0.0, high=0.9, open_low=True)})
+    try:
+        data = replace(data, source=absolute_source(data.source))
+    except DataSourceError as error:
+        reader.fail("data.source", str(error))
     teacher = reader.dataclass(TeacherSpec, raw.get("teacher"), "teacher", {
         "arch": dict(choices=models), "epochs": dict(low=1), "batch_size": dict(low=1), "lr": dict(low=0, open_low=True),
         "lr_schedule": dict(choices=LR_SCHEDULES)})

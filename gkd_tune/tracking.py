@@ -30,19 +30,19 @@ LOGGED_METRICS = ("beta", "lr", "train_acc", "val_acc", "val_loss", "test_acc", 
 class SweepTracker:
     """The sweep's experiment and parent run (created, or found again on --resume)."""
 
-    def __init__(self, spec: SweepSpec, sweep_dir: Path):
+    def __init__(self, spec: SweepSpec, sweep_location: str):
         self.spec = spec
         self.client = MlflowClient(tracking_uri=spec.tracking.uri)
         experiment = self.client.get_experiment_by_name(spec.experiment)
         self.experiment_id = (experiment.experiment_id if experiment is not None
                               else self.client.create_experiment(spec.experiment))
-        found = self.client.search_runs([self.experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep_dir}'", max_results=1)
+        found = self.client.search_runs([self.experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep_location}'", max_results=1)
         if found:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
         else:
             self.parent_id = self.client.create_run(self.experiment_id, run_name=spec.name,
-                                                    tags={SWEEP_TAG: str(sweep_dir)}).info.run_id
+                                                    tags={SWEEP_TAG: sweep_location}).info.run_id
 
     def log_start(self, teacher_metadata: dict) -> None:
         self.client.log_artifact(self.parent_id, self.spec.file, "space")
@@ -68,25 +68,25 @@ class SweepTracker:
 class MlflowTrialLogger(tune.Callback):
     """A child run per trial, written from the driver as Tune's results arrive.
 
-    Tune pickles its callbacks into the experiment state; only the spec and the sweep directory travel, and a
+    Tune pickles its callbacks into the experiment state; only the spec and the sweep's location travel, and a
     restored logger finds its parent and trial runs again by their tags.
     """
 
-    def __init__(self, spec: SweepSpec, sweep_dir: Path):
-        self.spec, self.sweep_dir = spec, sweep_dir
+    def __init__(self, spec: SweepSpec, sweep_location: str):
+        self.spec, self.sweep_location = spec, sweep_location
         self._tracker: SweepTracker | None = None
         self.runs: dict[str, tuple[str, int]] = {}  # trial id -> (run id, last epoch logged)
 
     def __getstate__(self):
-        return {"spec": self.spec, "sweep_dir": self.sweep_dir}
+        return {"spec": self.spec, "sweep_location": self.sweep_location}
 
     def __setstate__(self, state):
-        self.__init__(state["spec"], state["sweep_dir"])
+        self.__init__(state["spec"], state["sweep_location"])
 
     @property
     def tracker(self) -> SweepTracker:
         if self._tracker is None:
-            self._tracker = SweepTracker(self.spec, self.sweep_dir)
+            self._tracker = SweepTracker(self.spec, self.sweep_location)
         return self._tracker
 
     @property

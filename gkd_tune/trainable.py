@@ -1,8 +1,9 @@
-"""The Ray Tune trainable: one trial = one run of the plain-PyTorch loop, reported to Tune every epoch.
+"""What runs on the cluster's worker nodes: the teacher's preparation and the Ray Tune trainable.
 
-Tune only sees this thin wrapper: the loop reports through its callback, each epoch's metrics go to
-``tune.report`` with a checkpoint (full trainer state + the student model file), and a retried or restored trial
-continues from ``tune.get_checkpoint()``. The teacher arrives by file location, never pickled into the trial.
+One trial = one run of the plain-PyTorch loop, reported to Tune every epoch. Tune only sees this thin wrapper: the
+loop reports through its callback, each epoch's metrics go to ``tune.report`` with a checkpoint (full trainer
+state + the student model file), and a retried or restored trial continues from ``tune.get_checkpoint()``, on
+whichever node it lands. The teacher travels by file through the sweep's shared storage, never pickled.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import ray
 import torch
 from ray import tune
 
@@ -18,18 +20,35 @@ from .distill import build_distiller
 from .loop import Trainer
 from .models import build_model, load_model, save_model
 from .space import SweepSpec, trial_configs
+from .storage import SweepStorage
+from .teacher import obtain_teacher
 
+TEACHER_FILE = "teacher.pt"
 TRAINER_FILE = "trainer.pt"
 STUDENT_FILE = "student.pt"
 
 
-def train_trial(config: dict, spec: SweepSpec, teacher_file: str) -> None:
+def provide_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
+    """Train the teacher (or take it from this node's cache, or from teacher.checkpoint), check it against the arch
+    and the class count, and put it in the sweep's storage for every trial. Returns its metadata."""
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    splits = load_splits(spec.data.source, spec.data.val_fraction)
+    checkpoint = Path(spec.teacher.checkpoint).expanduser() if spec.teacher.checkpoint else None
+    _, local_file, metadata = obtain_teacher(splits, spec.teacher.arch, spec.teacher.recipe(),
+                                             spec.data.val_fraction, checkpoint=checkpoint)
+    storage.put(local_file, TEACHER_FILE)
+    return metadata
+
+
+def train_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     distill_config, train_config = trial_configs(spec, config)
     splits = load_splits(spec.data.source, spec.data.val_fraction)
     teacher = None
     if distill_config.method != "student":
-        teacher, _ = load_model(Path(teacher_file), spec.teacher.arch, splits.num_classes)
+        with tempfile.TemporaryDirectory() as directory:
+            teacher_file = storage.get(TEACHER_FILE, Path(directory) / TEACHER_FILE)
+            teacher, _ = load_model(teacher_file, spec.teacher.arch, splits.num_classes)
     torch.manual_seed(train_config.seed)
     student = build_model(spec.student, splits.num_classes)
     trainer = Trainer(build_distiller(distill_config, student, teacher), splits, train_config)
@@ -38,6 +57,8 @@ def train_trial(config: dict, spec: SweepSpec, teacher_file: str) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.load(Path(directory) / TRAINER_FILE)
+    # which node ran each epoch, in the trial's results: placement and retries on a cluster are visible
+    node_id = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict, trainer: Trainer) -> None:
         with tempfile.TemporaryDirectory() as directory:
@@ -45,6 +66,6 @@ def train_trial(config: dict, spec: SweepSpec, teacher_file: str) -> None:
             save_model(Path(directory) / STUDENT_FILE, trainer.distiller.student, val_acc=metrics["val_acc"],
                        epoch=metrics["epoch"], method=distill_config.method, dataset=spec.data.source)
             # ASHA stops a trial by raising out of this call
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     trainer.run(report)

@@ -192,6 +192,39 @@ def test_cache_is_reused_and_invalidated_by_change(tmp_path, monkeypatch):
         data.load_source(f"parquet:{path}")
 
 
+def test_processes_starting_together_decode_a_source_once(tmp_path, monkeypatch):
+    """Trials starting together on a fresh node: one decodes (or downloads), the others wait and read the cache."""
+    import threading
+    import time
+
+    path = tmp_path / "c.parquet"
+    write_parquet(path, random_images(6), [0, 1, 0, 1, 0, 1])
+    decodes = []
+    real_decode = data._decode_parquet
+
+    def slow_decode(*args):
+        decodes.append(1)
+        time.sleep(0.5)  # long enough for the others to find no cache and try too
+        return real_decode(*args)
+
+    monkeypatch.setattr(data, "_decode_parquet", slow_decode)
+    results = []
+    workers = [threading.Thread(target=lambda: results.append(data.load_source(f"parquet:{path}"))) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(decodes) == 1 and len(results) == 3
+    assert all(np.array_equal(r[0].train.images, results[0][0].train.images) for r in results)
+
+
+def test_relative_paths_become_absolute_for_trials_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert data.absolute_source("parquet:data/x.parquet") == f"parquet:{tmp_path}/data/x.parquet"
+    assert data.absolute_source("imagefolder:~/pics").startswith("imagefolder:/")
+    assert data.absolute_source("cifar10") == "cifar10"
+
+
 # ---------------------------------------------------------------------------------------------- loader
 
 

@@ -40,6 +40,19 @@ def test_resume_without_a_sweep_is_an_error(tmp_path, capsys):
     assert "error: --resume: no sweep to continue at" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_teacher_task_error_comes_back_as_one_line(tmp_path, capsys):
+    """The teacher is prepared by a Ray task; its failure is reported as the error itself, not a remote traceback."""
+    space = tmp_path / "space.yaml"
+    space.write_text("name: broken\ndata: {source: 'parquet:missing.parquet'}\nteacher: {arch: resnet8, epochs: 1}\n")
+    argv = ["--space", str(space), "--storage-path", str(tmp_path / "s"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    assert search.main(argv) == 2
+    err = capsys.readouterr().err  # (Ray's own log lines come first)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: data source 'parquet:") and last.endswith("missing.parquet")
+    assert "Traceback" not in err and "RayTaskError" not in err
+
+
 def child_runs(db):
     from mlflow.tracking import MlflowClient
 

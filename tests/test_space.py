@@ -86,3 +86,11 @@ def test_command_line_overrides():
                                                           storage_path="/tmp/s")
     assert (spec.search.num_samples, spec.search.seed, spec.tracking.uri, spec.storage_path) == (
         3, 7, "sqlite:///t.db", "/tmp/s")
+
+
+def test_relative_data_paths_are_resolved_where_the_sweep_is_started(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = parse_space({"name": "s", "data": {"source": "parquet:data/train.parquet"}})
+    assert spec.data.source == f"parquet:{tmp_path}/data/train.parquet"  # trials run in their own folders, elsewhere
+    with pytest.raises(SpaceError, match="data.source: data source 'nope': unknown source kind"):
+        parse_space({"name": "s", "data": {"source": "nope"}}, "x.yaml")
