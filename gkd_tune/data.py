@@ -82,12 +82,22 @@ class Splits:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Per-channel mean and std of the training images on the [0, 1] scale, for normalisation."""
-        pixels = self.train.images.astype(np.float32) / 255.0
-        mean = pixels.mean(axis=(0, 2, 3))
-        std = pixels.std(axis=(0, 2, 3)).clip(min=1e-3)
-        return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    def channel_stats(self, chunk: int = 2048) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std of the training images on the [0, 1] scale, for normalisation.
+
+        Float64 sums over chunks of the uint8 images: about 25 MB at a time instead of a float copy of the whole
+        split (553 MB for CIFAR's 45,000 training images).
+        """
+        images = self.train.images
+        total, squares = np.zeros(images.shape[1]), np.zeros(images.shape[1])
+        for start in range(0, len(images), chunk):
+            pixels = images[start : start + chunk].astype(np.float32)
+            total += pixels.sum(axis=(0, 2, 3), dtype=np.float64)
+            squares += np.square(pixels).sum(axis=(0, 2, 3), dtype=np.float64)
+        count = images.shape[0] * images.shape[2] * images.shape[3]
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - mean**2, 0.0)) / 255.0
+        return tuple(float(m) for m in mean / 255.0), tuple(float(s) for s in std.clip(min=1e-3))
 
 
 def cache_root() -> Path:

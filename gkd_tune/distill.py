@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import FeatureWasserstein, GradientMatching, kd_loss
+from .losses import SINKHORN_SOLVERS, FeatureWasserstein, GradientMatching, kd_loss
 from .models import SplitNet
 from .schedules import BetaSchedule
 
@@ -45,6 +45,7 @@ class DistillConfig:
     feature_mode: str = "points"  # Wasserstein: "points" or "spatial"
     sinkhorn_blur: float = 0.05
     sinkhorn_scaling: float = 0.8
+    sinkhorn_solver: str = "torch"  # "torch" (gkd_tune.sinkhorn) or "geomloss" (the reference)
     weights: LossWeights = field(default_factory=LossWeights)
     schedule: BetaSchedule = field(default_factory=BetaSchedule)
 
@@ -55,6 +56,9 @@ class DistillConfig:
             raise ValueError(f"tau must be positive, got {self.tau}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.sinkhorn_solver not in SINKHORN_SOLVERS:
+            raise ValueError(f"sinkhorn_solver must be one of {', '.join(SINKHORN_SOLVERS)}, "
+                             f"got {self.sinkhorn_solver!r}")
 
 
 @dataclass
@@ -82,6 +86,21 @@ class Distiller(nn.Module):
         if self.teacher is not None:
             self.teacher.eval()  # BN statistics of the teacher never move
         return self
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """torch.compile, in place, what a training step calls: the student, the teacher and each loss adapter.
+
+        In place (nn.Module.compile), so state dicts keep their keys and checkpoints stay interchangeable with
+        eager runs. The small glue between them (CE, the beta-weighted sum) stays eager: beta changes every step
+        and would otherwise be a compiled constant. A part compiled already is left as it is.
+        """
+        # Every part compiled this way shares the code object nn.Module._call_impl, and dynamo keeps at most
+        # `recompile_limit` (8) compiled versions of one code object: a process that builds several models (a
+        # teacher and its students, the tests, the benchmark) would silently fall back to eager beyond it.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        for part in (self.student, self.teacher, *self.adapters.values()):
+            if part is not None and getattr(part, "_compiled_call_impl", None) is None:
+                part.compile(mode=mode)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.student.parameters()) + list(self.adapters.parameters())
@@ -124,7 +143,7 @@ class GompertzKD(Distiller):
         if config.weights.wasserstein > 0:
             self.adapters["wasserstein"] = FeatureWasserstein(
                 student.feature_channels, teacher.feature_channels, config.feature_mode,
-                config.sinkhorn_blur, config.sinkhorn_scaling,
+                config.sinkhorn_blur, config.sinkhorn_scaling, config.sinkhorn_solver,
             )
         if config.weights.grad > 0:
             self.adapters["grad"] = GradientMatching(teacher.feature_channels, student.feature_channels, config.r)
@@ -140,7 +159,8 @@ class GompertzKD(Distiller):
         if weights.wasserstein:
             terms["wasserstein"] = self.adapters["wasserstein"](student_map, teacher_map)
         if weights.grad:
-            terms["grad"] = self.adapters["grad"](student_map, logits, teacher_map, self.teacher.head, labels)
+            terms["grad"] = self.adapters["grad"](student_map, logits, self.student.head, teacher_map,
+                                                   self.teacher.head, labels)
         if weights.kd:
             terms["kd"] = kd_loss(logits, teacher_logits, self.config.tau)
         guidance = sum(getattr(weights, name) * terms[name] for name in ("wasserstein", "grad", "kd") if name in terms)

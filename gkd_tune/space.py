@@ -15,8 +15,8 @@ import yaml
 
 from .data import DataSourceError, absolute_source
 from .distill import METHODS, DistillConfig, LossWeights
-from .loop import LR_SCHEDULES, TrainConfig
-from .losses import FEATURE_MODES
+from .loop import COMPILE_MODES, LR_SCHEDULES, TrainConfig
+from .losses import FEATURE_MODES, SINKHORN_SOLVERS
 from .models import MODELS
 from .schedules import SCHEDULE_KINDS, BetaSchedule
 from .teacher import TeacherRecipe
@@ -52,6 +52,7 @@ PARAMS: dict[str, tuple[Any, type, tuple | None]] = {
     "tau": (DistillConfig.tau, float, None),
     "alpha": (DistillConfig.alpha, float, None),
     "feature_mode": (DistillConfig.feature_mode, str, FEATURE_MODES),
+    "sinkhorn_solver": (DistillConfig.sinkhorn_solver, str, SINKHORN_SOLVERS),
     "w_wasserstein": (LossWeights.wasserstein, float, None),
     "w_grad": (LossWeights.grad, float, None),
     "w_kd": (LossWeights.kd, float, None),
@@ -87,6 +88,7 @@ class TrainingSpec:
     batch_size: int = TrainConfig.batch_size
     lr_schedule: str = TrainConfig.lr_schedule
     seed: int = 0
+    compile: str = TrainConfig.compile  # see loop.COMPILE_MODES
 
 
 @dataclass(frozen=True)
@@ -155,12 +157,12 @@ def trial_configs(spec: SweepSpec, values: dict[str, Any]) -> tuple[DistillConfi
     p.update(values)
     distill = DistillConfig(
         method=p["method"], tau=p["tau"], alpha=p["alpha"], r=p["r"], feature_mode=p["feature_mode"],
-        weights=LossWeights(p["w_wasserstein"], p["w_grad"], p["w_kd"]),
+        sinkhorn_solver=p["sinkhorn_solver"], weights=LossWeights(p["w_wasserstein"], p["w_grad"], p["w_kd"]),
         schedule=BetaSchedule(p["schedule"], p["beta_min"], p["beta_max"], p["b"], p["c"]),
     )
     train = TrainConfig(epochs=spec.training.max_epochs, batch_size=spec.training.batch_size, lr=p["lr"],
                         weight_decay=p["weight_decay"], lr_schedule=spec.training.lr_schedule,
-                        seed=spec.training.seed)
+                        seed=spec.training.seed, compile=spec.training.compile)
     return distill, train
 
 
@@ -260,7 +262,8 @@ def parse_space(raw: Any, file: Path | str = "<space>") -> SweepSpec:
         reader.fail("teacher.checkpoint", f"file {teacher.checkpoint} does not exist")
     student = reader.scalar(raw.get("student", "resnet8"), "student", str, models)
     training = reader.dataclass(TrainingSpec, raw.get("training"), "training", {
-        "max_epochs": dict(low=1), "batch_size": dict(low=1), "lr_schedule": dict(choices=LR_SCHEDULES)})
+        "max_epochs": dict(low=1), "batch_size": dict(low=1), "lr_schedule": dict(choices=LR_SCHEDULES),
+        "compile": dict(choices=COMPILE_MODES)})
     search = reader.dataclass(SearchSettings, raw.get("search"), "search", {
         "num_samples": dict(low=1), "max_concurrent_trials": dict(low=1), "grace_period": dict(low=1),
         "reduction_factor": dict(low=2), "metric": dict(choices=METRICS), "max_failures": dict(low=0)})

@@ -19,8 +19,8 @@ import torch
 
 from .data import DataSourceError, load_splits
 from .distill import METHODS, DistillConfig, LossWeights, build_distiller
-from .losses import FEATURE_MODES
-from .loop import LR_SCHEDULES, Trainer, TrainConfig
+from .losses import FEATURE_MODES, SINKHORN_SOLVERS
+from .loop import AUTO_COMPILE, COMPILE_MODES, LR_SCHEDULES, Trainer, TrainConfig
 from .models import MODELS, build_model, save_model
 from .schedules import SCHEDULE_KINDS, BetaSchedule
 from .teacher import TeacherRecipe, obtain_teacher
@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     training.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=defaults.lr_schedule)
     training.add_argument("--seed", type=int, default=defaults.seed)
+    training.add_argument("--compile", choices=COMPILE_MODES, default=defaults.compile,
+                          help="torch.compile the step: off, on (inductor), cudagraphs (inductor + CUDA graphs); "
+                               f"auto = {AUTO_COMPILE} on a GPU, off on a CPU")
 
     method = parser.add_argument_group("distillation")
     d, s, w = DistillConfig(), BetaSchedule(), LossWeights()
@@ -66,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--tau", type=float, default=d.tau, help="KD temperature")
     method.add_argument("--alpha", type=float, default=d.alpha, help="vanilla KD: (1 - alpha) CE + alpha KD")
     method.add_argument("--feature-mode", choices=FEATURE_MODES, default=d.feature_mode)
+    method.add_argument("--sinkhorn-solver", choices=SINKHORN_SOLVERS, default=d.sinkhorn_solver,
+                        help="torch: gkd_tune.sinkhorn (compilable); geomloss: the reference")
     method.add_argument("--w-wasserstein", type=float, default=w.wasserstein, help="0 switches the term off")
     method.add_argument("--w-grad", type=float, default=w.grad, help="0 switches the term off")
     method.add_argument("--w-kd", type=float, default=w.kd, help="0 switches the term off")
@@ -82,12 +87,12 @@ def format_epoch(metrics: dict, planned: int) -> str:
 def run(args: argparse.Namespace) -> Path:
     distill_config = DistillConfig(
         method=args.method, tau=args.tau, alpha=args.alpha, r=args.r, feature_mode=args.feature_mode,
-        weights=LossWeights(args.w_wasserstein, args.w_grad, args.w_kd),
+        sinkhorn_solver=args.sinkhorn_solver, weights=LossWeights(args.w_wasserstein, args.w_grad, args.w_kd),
         schedule=BetaSchedule(args.schedule, args.beta_min, args.beta_max, args.b, args.c),
     )
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, seed=args.seed,
-                               evaluate_test=args.test)
+                               evaluate_test=args.test, compile=args.compile)
     if args.method != "student" and args.teacher is None:
         raise ValueError(f"--method {args.method} needs --teacher ARCH")
     splits = load_splits(args.dataset, args.val_fraction)

@@ -280,3 +280,15 @@ def test_loader_state_restores_the_shuffle():
     loader.load_state_dict(state)
     for a, b in zip(first, [b[0] for b in loader]):
         torch.testing.assert_close(a, b)
+
+
+def test_channel_stats_in_chunks_equal_the_whole_array_in_float():
+    from conftest import make_splits
+
+    splits = make_splits(n_train=1000)
+    pixels = splits.train.images.astype(np.float64) / 255.0
+    expected_mean, expected_std = pixels.mean(axis=(0, 2, 3)), pixels.std(axis=(0, 2, 3))
+    for chunk in (1, 333, 4096):  # chunks that divide the split, that do not, and one larger than it
+        mean, std = splits.channel_stats(chunk=chunk)
+        np.testing.assert_allclose(mean, expected_mean, rtol=1e-9)
+        np.testing.assert_allclose(std, expected_std, rtol=1e-7)

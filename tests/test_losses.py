@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gkd_tune.losses import FeatureWasserstein, GradientMatching, kd_loss
+from gkd_tune.losses import FeatureWasserstein, GradientMatching, kd_loss, linear_head
+from gkd_tune.models import build_model
 
 
 def test_kd_equals_the_formula():
@@ -42,25 +43,44 @@ def test_sinkhorn_gradients_reach_student_and_adapter_only(mode):
     assert teacher_map.grad is None
 
 
-def linear_head(weight):
-    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(weight.shape[1], weight.shape[0], bias=False))
+def pooled_linear_head(weight, bias=None):
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None))
     with torch.no_grad():
         head[2].weight.copy_(weight)
+        if bias is not None:
+            head[2].bias.copy_(bias)
     return head
 
 
-def test_gradient_matching_equals_a_hand_computation():
+class OpaqueHead(nn.Module):
+    """The same function as `head`, in a shape `linear_head` does not recognise: forces the autograd path."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.inner = head
+
+    def forward(self, feature_map):
+        return self.inner(feature_map)
+
+
+PATHS = {"closed_form": lambda head: head, "autograd": OpaqueHead}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_gradient_matching_equals_a_hand_computation(path):
     torch.manual_seed(0)
     labels = torch.tensor([0, 2])
     teacher_weight, student_weight = torch.randn(3, 2), torch.randn(3, 3)
     teacher_map = torch.randn(2, 2, 1, 1)  # 1x1 maps: pooling is the identity
     student_map = torch.randn(2, 3, 1, 1, requires_grad=True)
-    student_logits = linear_head(student_weight)(student_map)
+    student_head = PATHS[path](pooled_linear_head(student_weight))
     matching = GradientMatching(teacher_channels=2, student_channels=3, r=0.3)
     remap = torch.randn(3, 2)
     with torch.no_grad():
         matching.remap.weight.copy_(remap.view(3, 2, 1, 1))
-    value = matching(student_map, student_logits, teacher_map, linear_head(teacher_weight), labels)
+    value = matching(student_map, student_head(student_map), student_head, teacher_map,
+                     PATHS[path](pooled_linear_head(teacher_weight)), labels)
 
     # d CE_i / d f_i = W^T (softmax(W f_i) - onehot(y_i)), per sample
     onehot = F.one_hot(labels, 3).float()
@@ -73,24 +93,58 @@ def test_gradient_matching_equals_a_hand_computation():
     torch.testing.assert_close(value, 0.3 * distance + 0.7 * (1 - cosine))
 
 
-def test_gradient_matching_is_zero_for_identical_gradients_and_trains_the_student_head():
+@pytest.mark.parametrize("path", PATHS)
+def test_gradient_matching_is_zero_for_identical_gradients_and_trains_the_student_head(path):
     torch.manual_seed(0)
     weight, labels = torch.randn(4, 5), torch.tensor([1, 3, 0])
     feature_map = torch.randn(3, 5, 2, 2)
     student_map = feature_map.clone().requires_grad_()
-    student_head = linear_head(weight)
+    student_head = pooled_linear_head(weight)
     matching = GradientMatching(5, 5, r=0.5)
     with torch.no_grad():
         matching.remap.weight.copy_(torch.eye(5).view(5, 5, 1, 1))
-    value = matching(student_map, student_head(student_map), feature_map, linear_head(weight), labels)
+    wrap = PATHS[path]
+    value = matching(student_map, student_head(student_map), wrap(student_head), feature_map,
+                     wrap(pooled_linear_head(weight)), labels)
     assert value.abs() < 1e-5
 
     shifted = (feature_map + torch.randn_like(feature_map)).requires_grad_()
-    value = matching(shifted, student_head(shifted), feature_map, linear_head(weight), labels)
+    value = matching(shifted, student_head(shifted), wrap(student_head), feature_map,
+                     wrap(pooled_linear_head(weight)), labels)
     value.backward()
     assert value > 1e-3
-    assert student_head[2].weight.grad.abs().sum() > 0  # the double backward reaches the student's head
+    assert student_head[2].weight.grad.abs().sum() > 0  # the gradient's own gradient reaches the student's head
     assert matching.remap.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("sizes", [((8, 8), (8, 8)), ((4, 4), (2, 2)), ((2, 2), (4, 4)), ((4, 2), (2, 4))])
+def test_closed_form_gradients_equal_autograd_in_value_and_in_every_gradient(sizes):
+    """Student and teacher heads with bias, maps of other sizes: both paths give the same loss and the same
+    gradients for the student's features, its head, and the remap."""
+    torch.manual_seed(0)
+    (student_size, teacher_size), batch, classes = sizes, 6, 5
+    labels = torch.randint(0, classes, (batch,))
+    teacher_head = pooled_linear_head(torch.randn(classes, 7), torch.randn(classes))
+    teacher_map = torch.randn(batch, 7, *teacher_size)
+    results = {}
+    for path, wrap in PATHS.items():
+        torch.manual_seed(1)
+        student_head = pooled_linear_head(torch.randn(classes, 3), torch.randn(classes))
+        student_map = torch.randn(batch, 3, *student_size, requires_grad=True)
+        matching = GradientMatching(7, 3, r=0.4)
+        value = matching(student_map, student_head(student_map), wrap(student_head), teacher_map,
+                         wrap(teacher_head), labels)
+        value.backward()
+        results[path] = (value, student_map.grad, student_head[2].weight.grad, student_head[2].bias.grad,
+                         matching.remap.weight.grad)
+    for closed, autograd in zip(results["closed_form"], results["autograd"]):
+        torch.testing.assert_close(closed, autograd, rtol=1e-5, atol=1e-6)
+
+
+def test_the_real_heads_take_the_closed_form():
+    for arch in ("resnet8", "mobilenet_v2_half", "vgg16_bn", "wrn_16_2"):
+        assert linear_head(build_model(arch, 10).head) is not None, arch
+    assert linear_head(OpaqueHead(nn.Linear(2, 2))) is None
 
 
 def test_gradient_matching_rejects_r_outside_unit_interval():

@@ -28,6 +28,14 @@ def test_parsed_into_typed_objects_and_tune_space():
     assert set(space) == {"b", "tau"}
     distill, train = trial_configs(spec, {"b": 2.5, "tau": 4.0})
     assert distill.schedule.b == 2.5 and distill.tau == 4.0 and train.epochs == spec.training.max_epochs
+    assert distill.sinkhorn_solver == "torch" and train.compile == "auto"  # the defaults reach the trial
+
+
+def test_solver_and_compile_mode_reach_the_trial():
+    raw = {**MINIMAL, "training": {**MINIMAL.get("training", {}), "compile": "off"},
+           "params": {**MINIMAL["params"], "sinkhorn_solver": "geomloss"}}
+    distill, train = trial_configs(parse_space(raw, "x.yaml"), {"b": 2.5, "tau": 4.0})
+    assert distill.sinkhorn_solver == "geomloss" and train.compile == "off"
 
 
 def bad(change):
@@ -60,6 +68,8 @@ def bad(change):
     ({"params.beta_min": {"uniform": [0.1, 0.6]}, "params.beta_max": {"uniform": [0.5, 1.0]}},
      r"params.beta_min: every beta_min must be below every beta_max: the highest beta_min \(0.6\)"),
     ({"params.beta_min": 1.0}, r"params.beta_min: every beta_min must be below every beta_max"),
+    ({"params.sinkhorn_solver": "keops"}, r"params.sinkhorn_solver: must be one of torch, geomloss, got 'keops'"),
+    ({"training.compile": "fast"}, r"training.compile: must be one of auto, off, on, cudagraphs, got 'fast'"),
     ({"search.metric": "accuracy"}, r"search.metric: must be one of val_acc, val_loss"),
     ({"search.grace_period": 50}, r"search.grace_period: must be <= training.max_epochs"),
     ({"search.reduction_factor": 1}, r"search.reduction_factor: must be >= 2"),
