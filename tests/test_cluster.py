@@ -228,7 +228,12 @@ def test_sweep_on_the_local_cluster_survives_losing_a_node(local_cluster, tmp_pa
         time.sleep(1)
     assert len({row["node_id"] for row in first.values()}) >= 2, \
         f"trials never spread over two nodes: {first}\n" + (tmp_path / "driver.log").read_text()[-3000:]
-    lost = max(first.values(), key=lambda row: row["timestamp"])["node_id"]
+    latest = max(first.values(), key=lambda row: row["timestamp"])
+    lost = latest["node_id"]
+    # Not within the instant after a report: Ray 2.60's controller can handle the node's failure before it has
+    # registered that report's checkpoint, and then restarts the trial from scratch (seen in 2 of 4 runs when
+    # the node died within a second of the report). The trial is mid-epoch 2 by now, with a checkpoint to go on from.
+    time.sleep(max(0.0, latest["timestamp"] + 3 - time.time()))
     lose_node(lost)
 
     assert driver.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-5000:]
