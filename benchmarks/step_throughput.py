@@ -107,6 +107,14 @@ def step_runner(trainer: Trainer, variant: str):
     return run
 
 
+def shared_data_and_nets(settings: dict) -> tuple[Splits, dict]:
+    """The synthetic training split and the teacher and student that a process's trainers share."""
+    splits = synthetic_splits(settings["images"], settings["classes"])
+    torch.manual_seed(0)
+    return splits, {"teacher": build_model(settings["teacher"], settings["classes"]),
+                    "student": build_model(settings["student"], settings["classes"])}
+
+
 def build_trainer(settings: dict, variant: str, mode: str, splits: Splits, nets: dict) -> Trainer:
     """A Trainer for `variant` around the shared teacher and student (compiled once per process)."""
     fields, autograd = VARIANTS[variant]
@@ -125,10 +133,7 @@ def measure_mode(settings: dict, mode: str, variants: list[str], results: mp.Que
     `rounds` times, and each reports its median: on a shared machine a slow spell hits all variants alike.
     """
     device = torch.device(settings["device"])
-    splits = synthetic_splits(settings["images"], settings["classes"])
-    torch.manual_seed(0)
-    nets = {"teacher": build_model(settings["teacher"], settings["classes"]),
-            "student": build_model(settings["student"], settings["classes"])}
+    splits, nets = shared_data_and_nets(settings)
     runners, rows = {}, {}
     for variant in variants:
         try:
@@ -156,27 +161,16 @@ def packing_worker(settings: dict, mode: str, seconds: float, barrier, results: 
     """Child process: one trial's gompertz step, timed over the same wall-clock window as its siblings."""
     try:
         started = time.perf_counter()
-        splits = synthetic_splits(settings["images"], settings["classes"])
-        torch.manual_seed(0)
-        nets = {"teacher": build_model(settings["teacher"], settings["classes"]),
-                "student": build_model(settings["student"], settings["classes"])}
-        trainer = build_trainer(settings, "gompertz", mode, splits, nets)
+        trainer = build_trainer(settings, "gompertz", mode, *shared_data_and_nets(settings))
         built = time.perf_counter()
-        feed = batches(trainer.train_loader)
-        trainer.train_step(*next(feed), 0.5)
-        synchronize(trainer.device)
-        first_step = time.perf_counter()
-        for _ in range(settings["warmup"]):
-            trainer.train_step(*next(feed), 0.5)
-        synchronize(trainer.device)
+        run = step_runner(trainer, "gompertz")
+        first_step = built + run(1)
+        run(settings["warmup"])
         barrier.wait(timeout=600)
         start, steps = time.perf_counter(), 0
         while time.perf_counter() - start < seconds:
-            trainer.train_step(*next(feed), 0.5)
-            steps += 1
-            if steps % 10 == 0:
-                synchronize(trainer.device)  # the host runs ahead of the device; keep the window honest
-        synchronize(trainer.device)
+            run(10)  # synchronised every 10 steps: the host runs ahead of the device; keep the window honest
+            steps += 10
         elapsed = time.perf_counter() - start
         results.put({"img_s": steps * settings["batch_size"] / elapsed, "steps": steps,
                      "startup_s": first_step - PROCESS_START, "imports_s": IMPORTED - PROCESS_START,

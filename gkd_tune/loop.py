@@ -162,12 +162,9 @@ class Trainer:
         self.distiller.eval()
         loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
-        student = self.distiller.student
         for images, labels in loader:
             with self._autocast():
-                # the eager forward, also when the training step is compiled: evaluation's batch sizes (a larger
-                # one, a short last one) would each cost a compilation
-                logits = student.forward(images)[1].float()
+                logits = self.distiller(images).float()
             loss += F.cross_entropy(logits, labels, reduction="sum")
             correct += (logits.argmax(1) == labels).sum()
         count = len(loader.labels)

@@ -32,7 +32,7 @@ def epsilon_schedule(diameter: float, blur: float, scaling: float, p: int = 2) -
     if not 0.0 < blur < diameter:
         raise ValueError(f"Sinkhorn blur must be in (0, diameter={diameter}), got {blur}")
     start, stop, step = p * math.log(diameter), p * math.log(blur), p * math.log(scaling)
-    # the same float64 arange geomloss uses, so both produce the same list to the last bit
+    # geomloss's float64 arange, written out: the same list to float64 rounding
     steps = math.ceil((stop - start) / step)
     return [diameter**p] + [math.exp(start + i * step) for i in range(steps)] + [blur**p]
 

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 # ../shared/data beside the checkout; GKD_TUNE_SHARED_DATA points elsewhere (a GPU machine without ../shared)
-SHARED_DATA = Path(os.environ.get("GKD_TUNE_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("GKD_TUNE_SHARED_DATA",
+                                  Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 CIFAR10_10K = SHARED_DATA / "cifar10" / "train-10k.parquet"
 
 
