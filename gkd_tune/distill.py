@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import FeatureWasserstein, GradientMatching, kd_loss
+from .losses import FEATURE_MODES, SINKHORN_SOLVERS, FeatureWasserstein, GradientMatching, kd_loss
 from .models import SplitNet
+from .params import check, setting
 from .schedules import BetaSchedule
 
 METHODS = ("student", "kd", "gompertz")
@@ -26,36 +27,33 @@ METHODS = ("student", "kd", "gompertz")
 
 @dataclass(frozen=True)
 class LossWeights:
-    wasserstein: float = 1.0
-    grad: float = 1.0
-    kd: float = 1.0
+    wasserstein: float = setting(1.0, "weight of L_wasserstein; 0 switches the term off", low=0, searchable=True,
+                                 name="w_wasserstein")
+    grad: float = setting(1.0, "weight of L_grad; 0 switches the term off", low=0, searchable=True, name="w_grad")
+    kd: float = setting(1.0, "weight of L_kd; 0 switches the term off", low=0, searchable=True, name="w_kd")
 
     def __post_init__(self):
-        for name in ("wasserstein", "grad", "kd"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"loss weight {name} must be non-negative, got {getattr(self, name)}")
+        check(self)
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    method: str = "gompertz"
-    tau: float = 4.0  # KD temperature
-    alpha: float = 0.9  # vanilla KD's mix
-    r: float = 0.5  # gradient matching: r * Euclidean + (1 - r) * (1 - cosine)
-    feature_mode: str = "points"  # Wasserstein: "points" or "spatial"
+    method: str = setting("gompertz", "student: CE alone; kd: Hinton KD; gompertz: eq. 7", choices=METHODS,
+                          searchable=True)
+    tau: float = setting(4.0, "KD temperature", low=0, above_low=True, searchable=True)
+    alpha: float = setting(0.9, "vanilla KD: (1 - alpha) CE + alpha KD", low=0, high=1, searchable=True)
+    r: float = setting(0.5, "gradient loss: r * euclidean + (1 - r) * (1 - cos)", low=0, high=1, searchable=True)
+    feature_mode: str = setting("points", "Wasserstein between channel vectors (points) or activation maps "
+                                "(spatial)", choices=FEATURE_MODES, searchable=True)
     sinkhorn_blur: float = 0.05
     sinkhorn_scaling: float = 0.8
-    sinkhorn_solver: str = "torch"  # "torch" (gkd_tune.sinkhorn) or "geomloss" (the reference)
+    sinkhorn_solver: str = setting("torch", "torch: gkd_tune.sinkhorn (compilable); geomloss: the reference",
+                                   choices=SINKHORN_SOLVERS, searchable=True)
     weights: LossWeights = field(default_factory=LossWeights)
     schedule: BetaSchedule = field(default_factory=BetaSchedule)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.tau <= 0:
-            raise ValueError(f"tau must be positive, got {self.tau}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        check(self)
 
 
 @dataclass

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from .data import DeviceLoader, Splits
 from .distill import Distiller, StepOutput
-from .models import save_atomically
+from .files import save_atomically
+from .params import check, setting
 
 LR_SCHEDULES = ("cosine", "multistep")
 # off: eager. on: torch.compile (inductor). cudagraphs: inductor + CUDA graphs (torch's "reduce-overhead").
@@ -31,27 +32,29 @@ CUDA_EVAL_BATCH_SIZE = 1024
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int  # the planned budget: progress t = epochs done / epochs, also when stopped early
-    batch_size: int = 128
-    lr: float = 0.05
+    # the planned budget: progress t = epochs done / epochs, also when stopped early; ASHA's max_t in a sweep
+    epochs: int = setting(10, "planned epochs: the budget (ASHA's max_t) and the Gompertz time scale", low=1,
+                          name="max_epochs", aliases=("epochs",))
+    batch_size: int = setting(128, "training batch size", low=1)
+    lr: float = setting(0.05, "SGD learning rate (Nesterov momentum 0.9)", low=0, above_low=True, searchable=True)
     momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "cosine"
+    weight_decay: float = setting(5e-4, "SGD weight decay", low=0, searchable=True)
+    lr_schedule: str = setting("cosine", "cosine annealing per step, or multistep: x0.1 at 62.5/75/87.5% of the "
+                               "budget", choices=LR_SCHEDULES)
     # multistep: lr x 0.1 at these fractions of the budget (RepDistiller's 150/180/210 of 240 epochs)
     milestones: tuple[float, ...] = (0.625, 0.75, 0.875)
-    seed: int = 0
+    seed: int = setting(0, "seed of the student's weights, the batch order and the augmentation")
     evaluate_test: bool = False
-    compile: str = "auto"  # one of COMPILE_MODES
+    compile: str = setting("auto", f"torch.compile the step: off, on (inductor), cudagraphs (inductor + CUDA "
+                           f"graphs); auto = {AUTO_COMPILE} on a GPU, off on a CPU", choices=COMPILE_MODES)
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be positive, got {self.epochs} and {self.batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        check(self)
+
+    @property
+    def max_epochs(self) -> int:
+        """The budget by its public name (search-space files and MLflow call it max_epochs)."""
+        return self.epochs
 
 
 def default_device() -> torch.device:

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torchvision import models as tv
 
+from .files import save_atomically
+
 
 class SplitNet(nn.Module):
     arch = ""  # the MODELS name it was built from; set by build_model
@@ -187,15 +189,6 @@ def build_model(name: str, num_classes: int) -> SplitNet:
     net = MODELS[name](num_classes)
     net.arch = name
     return net
-
-
-def save_atomically(obj, path: Path) -> None:
-    """torch.save through a temporary file: a crash mid-write never leaves a broken file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(obj, partial)
-    partial.replace(path)
 
 
 def save_model(path: Path, net: SplitNet, **metadata) -> None:

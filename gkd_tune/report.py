@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .files import STUDENT_FILE
 from .space import SweepSpec
 from .tracking import SweepTracker
-from .trainable import STUDENT_FILE
 
 TOP = 5
 

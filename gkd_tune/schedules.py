@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .params import check, setting
+
 SCHEDULE_KINDS = ("gompertz", "gompertz_decay", "constant", "linear", "cosine")
 
 
@@ -28,21 +30,16 @@ class BetaSchedule:
     cosine          beta_min -> beta_max along half a cosine wave
     """
 
-    kind: str = "gompertz"
-    beta_min: float = 0.1
-    beta_max: float = 1.0
-    b: float = 3.0
-    c: float = 6.0
+    kind: str = setting("gompertz", "beta(t) shape", choices=SCHEDULE_KINDS, searchable=True, name="schedule")
+    beta_min: float = setting(0.1, "beta's lower bound", low=0, searchable=True)
+    beta_max: float = setting(1.0, "beta's upper bound", low=0, searchable=True)
+    b: float = setting(3.0, "Gompertz offset (inflection at t = b/c)", searchable=True)
+    c: float = setting(6.0, "Gompertz rate", low=0, above_low=True, searchable=True)
 
     def __post_init__(self):
-        if self.kind not in SCHEDULE_KINDS:
-            raise ValueError(f"schedule kind must be one of {', '.join(SCHEDULE_KINDS)}, got {self.kind!r}")
-        if self.beta_min < 0 or self.beta_max < 0:
-            raise ValueError(f"beta bounds must be non-negative, got beta_min={self.beta_min}, beta_max={self.beta_max}")
+        check(self)
         if self.beta_min >= self.beta_max:
             raise ValueError(f"beta_min must be below beta_max, got beta_min={self.beta_min} >= beta_max={self.beta_max}")
-        if self.kind.startswith("gompertz") and self.c <= 0:
-            raise ValueError(f"Gompertz rate c must be positive, got c={self.c}")
 
     def __call__(self, t: float) -> float:
         t = min(max(t, 0.0), 1.0)

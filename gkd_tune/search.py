@@ -14,10 +14,13 @@ import argparse
 import math
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 
 from .data import DataSourceError
-from .space import SpaceError, SweepSpec, load_space, tune_space
+from .files import TEACHER_FILE
+from .params import declared_values
+from .space import TRIAL_PARAMS, SpaceError, SweepSpec, load_space, tune_space
 from .storage import SweepStorage
 
 EXIT_INTERRUPTED = 130
@@ -46,24 +49,26 @@ def sweep_storage(spec: SweepSpec) -> SweepStorage:
 
 
 def plan(spec: SweepSpec) -> str:
+    def listing(values: dict) -> str:
+        return textwrap.fill(", ".join(f"{k}={v}" for k, v in values.items()), width=110, subsequent_indent=" " * 11)
+
     searched = "\n".join(f"  {name:<14} {d.kind}{list(d.values)}" for name, d in spec.searched().items())
-    fixed = ", ".join(f"{k}={v}" for k, v in spec.fixed().items()) or "(defaults)"
-    teacher = spec.teacher.checkpoint or (f"{spec.teacher.arch}, trained {spec.teacher.epochs} epochs "
-                                          f"(cached by recipe)")
+    teacher = (f"{spec.teacher.arch} from {spec.teacher.checkpoint}" if spec.teacher.checkpoint else
+               f"{spec.teacher.arch}, trained (cached by recipe): {listing(declared_values(spec.teacher.recipe))}")
+    training = {k: v for k, v in declared_values(spec.training).items() if k not in TRIAL_PARAMS}
     s = spec.search
     return "\n".join([
         f"sweep      {spec.name}  ({spec.file})",
         f"data       {spec.data.source}  (validation {spec.data.val_fraction:.0%}, stratified)",
         f"teacher    {teacher}",
         f"student    {spec.student}",
-        f"budget     {spec.training.max_epochs} epochs max (ASHA max_t), batch {spec.training.batch_size}, "
-        f"lr schedule {spec.training.lr_schedule}",
+        f"training   {listing(training)}  (max_epochs: ASHA's max_t)",
         f"trials     {s.num_samples}, at most {s.max_concurrent_trials} at once; Optuna TPE seed {s.seed}; "
         f"ASHA on {s.metric} ({spec.mode}), grace {s.grace_period}, reduction {s.reduction_factor}; "
         f"{s.max_failures} retries per trial",
         f"resources  {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU per trial",
         f"searched\n{searched or '  (nothing)'}",
-        f"fixed      {fixed}",
+        f"fixed      {listing(spec.fixed())}",
         f"storage    {sweep_storage(spec).location}",
         f"tracking   {spec.tracking.uri}  (experiment {spec.experiment!r})",
     ])
@@ -122,7 +127,7 @@ def sweep(args: argparse.Namespace, spec: SweepSpec, storage: SweepStorage) -> i
 
     from .report import print_summary
     from .tracking import MlflowTrialLogger, SweepTracker
-    from .trainable import TEACHER_FILE, train_trial
+    from .trainable import train_trial
 
     teacher_metadata = None if args.resume and storage.exists(TEACHER_FILE) else prepare_teacher(spec, storage)
     tracker = SweepTracker(spec, storage.location)

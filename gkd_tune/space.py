@@ -7,18 +7,17 @@ See README.md ("Search-space files") for the format and search_spaces/*.yaml for
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .data import DataSourceError, absolute_source
-from .distill import METHODS, DistillConfig, LossWeights
-from .loop import COMPILE_MODES, LR_SCHEDULES, TrainConfig
-from .losses import FEATURE_MODES, SINKHORN_SOLVERS
+from .data import DataSourceError, DataSpec, absolute_source
+from .distill import DistillConfig
+from .loop import TrainConfig
 from .models import MODELS
-from .schedules import SCHEDULE_KINDS, BetaSchedule
+from .params import Param, Setting, build, check, flatten, setting, settings
 from .teacher import TeacherRecipe
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
@@ -39,79 +38,52 @@ class Distribution:
         return (min(self.values), max(self.values))
 
 
-# Hyperparameters of a trial: name -> (default, allowed type, allowed values or None). Each can be fixed (a plain
-# value) or searched (a distribution).
-PARAMS: dict[str, tuple[Any, type, tuple | None]] = {
-    "method": ("gompertz", str, METHODS),
-    "b": (BetaSchedule.b, float, None),
-    "c": (BetaSchedule.c, float, None),
-    "beta_min": (BetaSchedule.beta_min, float, None),
-    "beta_max": (BetaSchedule.beta_max, float, None),
-    "schedule": (BetaSchedule.kind, str, SCHEDULE_KINDS),
-    "r": (DistillConfig.r, float, None),
-    "tau": (DistillConfig.tau, float, None),
-    "alpha": (DistillConfig.alpha, float, None),
-    "feature_mode": (DistillConfig.feature_mode, str, FEATURE_MODES),
-    "sinkhorn_solver": (DistillConfig.sinkhorn_solver, str, SINKHORN_SOLVERS),
-    "w_wasserstein": (LossWeights.wasserstein, float, None),
-    "w_grad": (LossWeights.grad, float, None),
-    "w_kd": (LossWeights.kd, float, None),
-    "lr": (TrainConfig.lr, float, None),
-    "weight_decay": (TrainConfig.weight_decay, float, None),
-}
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    source: str = "digits"
-    val_fraction: float = 0.1
+# A trial's hyperparameters (a space file's `params`): each can be fixed (a plain value) or searched (a distribution).
+# Listed (in messages, the plan, MLflow) with the Gompertz curve's first, then in declaration order.
+_CURVE_FIRST = ("method", "b", "c", "beta_min", "beta_max")
+TRIAL_PARAMS: dict[str, Setting] = {s.name: s for s in sorted(
+    settings(DistillConfig) + settings(TrainConfig, searchable=True),
+    key=lambda s: _CURVE_FIRST.index(s.name) if s.name in _CURVE_FIRST else len(_CURVE_FIRST))}
 
 
 @dataclass(frozen=True)
 class TeacherSpec:
-    arch: str = "resnet20"
-    checkpoint: str | None = None
-    epochs: int = TeacherRecipe.epochs
-    batch_size: int = TeacherRecipe.batch_size
-    lr: float = TeacherRecipe.lr
-    weight_decay: float = TeacherRecipe.weight_decay
-    lr_schedule: str = TeacherRecipe.lr_schedule
-    seed: int = TeacherRecipe.seed
+    arch: str = setting("resnet20", "the teacher's architecture", choices=tuple(MODELS), aliases=("teacher",))
+    checkpoint: str | None = setting(None, "a trained teacher's file, used instead of training one")
+    recipe: TeacherRecipe = field(default_factory=TeacherRecipe)
 
-    def recipe(self) -> TeacherRecipe:
-        return TeacherRecipe(self.epochs, self.batch_size, self.lr, self.weight_decay, self.lr_schedule, self.seed)
-
-
-@dataclass(frozen=True)
-class TrainingSpec:
-    max_epochs: int = 10  # the planned budget: ASHA's max_t and the Gompertz time scale
-    batch_size: int = TrainConfig.batch_size
-    lr_schedule: str = TrainConfig.lr_schedule
-    seed: int = 0
-    compile: str = TrainConfig.compile  # see loop.COMPILE_MODES
+    def __post_init__(self):
+        check(self)
 
 
 @dataclass(frozen=True)
 class SearchSettings:
-    num_samples: int = 8
-    max_concurrent_trials: int = 2
-    seed: int = 0
-    grace_period: int = 1
-    reduction_factor: int = 2
-    metric: str = "val_acc"
-    max_failures: int = 2
+    num_samples: int = setting(8, "number of trials", low=1)
+    max_concurrent_trials: int = setting(2, "trials running at once", low=1)
+    seed: int = setting(0, "Optuna sampler seed")
+    grace_period: int = setting(1, "ASHA: epochs every trial runs before it can be stopped", low=1)
+    reduction_factor: int = setting(2, "ASHA: 1 / the share of trials promoted at each rung", low=2)
+    metric: str = setting("val_acc", "the last epoch's validation metric that ranks trials", choices=METRICS)
+    max_failures: int = setting(2, "retries of a failed trial (from its last checkpoint)", low=0)
+
+    def __post_init__(self):
+        check(self)
 
 
 @dataclass(frozen=True)
 class Resources:
-    cpu: float = 1.0
-    gpu: float = 0.0
+    cpu: float = setting(1.0, "CPUs per trial", low=0, above_low=True)
+    gpu: float = setting(0.0, "GPUs per trial (a fraction shares one)", low=0)
+
+    def __post_init__(self):
+        check(self)
 
 
 @dataclass(frozen=True)
 class TrackingSpec:
-    uri: str = "sqlite:///mlflow.db"  # MLflow's own default: `mlflow ui` in the same folder shows the sweep
-    experiment: str | None = None  # default: the sweep's name
+    # MLflow's own default: `mlflow ui` in the same folder shows the sweep
+    uri: str = setting("sqlite:///mlflow.db", "MLflow tracking URI")
+    experiment: str | None = setting(None, "MLflow experiment (default: the sweep's name)")
 
 
 @dataclass(frozen=True)
@@ -121,7 +93,9 @@ class SweepSpec:
     data: DataSpec = field(default_factory=DataSpec)
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     student: str = "resnet8"
-    training: TrainingSpec = field(default_factory=TrainingSpec)
+    # the `training` section: TrainConfig's settings that are not searched (a trial's lr and weight_decay come
+    # from `params`)
+    training: TrainConfig = field(default_factory=TrainConfig)
     params: dict[str, Any] = field(default_factory=dict)  # name -> fixed value or Distribution
     search: SearchSettings = field(default_factory=SearchSettings)
     resources: Resources = field(default_factory=Resources)
@@ -140,7 +114,10 @@ class SweepSpec:
         return {k: v for k, v in self.params.items() if isinstance(v, Distribution)}
 
     def fixed(self) -> dict[str, Any]:
-        return {k: v for k, v in self.params.items() if not isinstance(v, Distribution)}
+        """Every trial parameter that is not searched: the file's value, else the default."""
+        values = {name: s.default for name, s in TRIAL_PARAMS.items() if name not in self.params}
+        values.update({k: v for k, v in self.params.items() if not isinstance(v, Distribution)})
+        return {name: values[name] for name in TRIAL_PARAMS if name in values}
 
     def with_overrides(self, **changes) -> "SweepSpec":
         """The spec with the command line's overrides (None means: keep the file's value)."""
@@ -152,18 +129,26 @@ class SweepSpec:
 
 def trial_configs(spec: SweepSpec, values: dict[str, Any]) -> tuple[DistillConfig, TrainConfig]:
     """The typed configs of one trial from the sampled values (plus the fixed ones and defaults)."""
-    p = {name: default for name, (default, _, _) in PARAMS.items()}
-    p.update(spec.fixed())
-    p.update(values)
-    distill = DistillConfig(
-        method=p["method"], tau=p["tau"], alpha=p["alpha"], r=p["r"], feature_mode=p["feature_mode"],
-        sinkhorn_solver=p["sinkhorn_solver"], weights=LossWeights(p["w_wasserstein"], p["w_grad"], p["w_kd"]),
-        schedule=BetaSchedule(p["schedule"], p["beta_min"], p["beta_max"], p["b"], p["c"]),
-    )
-    train = TrainConfig(epochs=spec.training.max_epochs, batch_size=spec.training.batch_size, lr=p["lr"],
-                        weight_decay=p["weight_decay"], lr_schedule=spec.training.lr_schedule,
-                        seed=spec.training.seed, compile=spec.training.compile)
-    return distill, train
+    chosen = {**spec.fixed(), **values}
+    return build(DistillConfig, chosen), build(TrainConfig, {**flatten(spec.training), **chosen})
+
+
+def _prefixed(prefix: str, config) -> dict[str, Any]:
+    return {f"{prefix}.{k}": v for k, v in flatten(config).items()}
+
+
+def run_params(spec: SweepSpec, values: dict[str, Any]) -> dict[str, Any]:
+    """Every value that shapes one trial, by public name: a trial run's MLflow params."""
+    distill, train = trial_configs(spec, values)
+    return {**flatten(distill), **flatten(train), "student": spec.student, **_prefixed("teacher", spec.teacher),
+            **_prefixed("data", spec.data)}
+
+
+def sweep_params(spec: SweepSpec) -> dict[str, Any]:
+    """The settings every trial shares, and the search's: the sweep's parent run's MLflow params."""
+    return {"student": spec.student, **_prefixed("data", spec.data), **_prefixed("teacher", spec.teacher),
+            **_prefixed("training", spec.training), **_prefixed("search", spec.search),
+            **_prefixed("resources", spec.resources)}
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -188,37 +173,33 @@ class _Reader:
                 self.fail(f"{path}.{key}" if path else str(key), f"unknown key{hint}; allowed: {', '.join(allowed)}")
         return value
 
-    def scalar(self, value, path: str, kind: type, choices=None, low=None, high=None, open_low=False):
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if kind is str and value is None:
+    def value(self, declared: Setting, value, path: str):
+        """A plain value of a declared setting, of its type and within its range."""
+        if value is None and declared.kind is str and declared.default is not None:
             self.fail(path, "must not be empty")
-        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-            self.fail(path, f"must be {'a number' if kind is float else 'an integer' if kind is int else 'a string'}, "
-                            f"got {value!r}")
-        if choices is not None and value not in choices:
-            self.fail(path, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
-        if low is not None and (value <= low if open_low else value < low):
-            self.fail(path, f"must be {'>' if open_low else '>='} {low}, got {value}")
-        if high is not None and value > high:
-            self.fail(path, f"must be <= {high}, got {value}")
+        try:
+            value = declared.coerce(value)
+        except TypeError as error:
+            self.fail(path, str(error))
+        problem = None if value is None else declared.param.problem(value)
+        if problem:
+            self.fail(path, problem)
         return value
 
-    def dataclass(self, cls, value, path: str, checks: dict | None = None):
-        names = [f.name for f in fields(cls)]
-        value = self.mapping(value, path, names)
-        checks = checks or {}
-        out = {}
-        for f in fields(cls):
-            if f.name in value:
-                kind = {"float": float, "int": int, "str": str, "str | None": str, "float | None": float}[str(f.type)]
-                out[f.name] = self.scalar(value[f.name], f"{path}.{f.name}", kind, **checks.get(f.name, {}))
-        return cls(**out)
+    def section(self, config_class: type, raw, path: str, searchable: bool | None = None):
+        """A config from its section of the file; every key one of its declared settings."""
+        declared = {s.name: s for s in settings(config_class, searchable=searchable)}
+        raw = self.mapping(raw, path, list(declared))
+        values = {name: self.value(declared[name], v, f"{path}.{name}") for name, v in raw.items()}
+        try:
+            return build(config_class, values)
+        except ValueError as error:  # a rule across fields
+            self.fail(path, str(error))
 
     def param(self, name: str, value, path: str):
-        _, kind, choices = PARAMS[name]
+        declared = TRIAL_PARAMS[name]
         if not isinstance(value, dict):
-            return self.scalar(value, path, kind, choices)
+            return self.value(declared, value, path)
         self.mapping(value, path, list(DISTRIBUTIONS))
         if len(value) != 1:
             self.fail(path, f"give exactly one distribution: {', '.join(DISTRIBUTIONS)}")
@@ -226,73 +207,63 @@ class _Reader:
         if not isinstance(args, list) or not args:
             self.fail(f"{path}.{dist}", "must be a list: [low, high] or the choices")
         if dist == "choice":
-            return Distribution("choice", tuple(self.scalar(a, f"{path}.choice[{i}]", kind, choices)
+            return Distribution("choice", tuple(self.value(declared, a, f"{path}.choice[{i}]")
                                                 for i, a in enumerate(args)))
-        if kind is str:
+        if declared.kind is str:
             self.fail(f"{path}.{dist}", f"{name} is categorical: use choice")
         if len(args) != 2:
             self.fail(f"{path}.{dist}", f"must be [low, high], got {args}")
-        number = int if dist == "int" else float
-        low, high = (self.scalar(a, f"{path}.{dist}", number) for a in args)
+        number = Setting(name, (), int if dist == "int" else float, 0, Param(""))
+        low, high = (self.value(number, a, f"{path}.{dist}") for a in args)
         if low >= high:
             self.fail(f"{path}.{dist}", f"low must be below high, got [{low}, {high}]")
         if dist == "loguniform" and low <= 0:
             self.fail(f"{path}.{dist}", f"loguniform needs low > 0, got {low}")
+        if declared.param.problem(low) or declared.param.problem(high):
+            self.fail(path, f"values must be {declared.param.range_text()}, got range [{low}, {high}]")
         return Distribution(dist, (low, high))
+
+
+TOP_LEVEL = ["name", "data", "teacher", "student", "training", "params", "search", "resources", "tracking",
+             "storage_path"]
 
 
 def parse_space(raw: Any, file: Path | str = "<space>") -> SweepSpec:
     reader = _Reader(file)
-    top = ["name", "data", "teacher", "student", "training", "params", "search", "resources", "tracking",
-           "storage_path"]
-    raw = reader.mapping(raw, "", top)
+    raw = reader.mapping(raw, "", TOP_LEVEL)
     if "name" not in raw:
         reader.fail("name", "is required (the sweep's name: Ray experiment and MLflow experiment)")
-    name = reader.scalar(raw["name"], "name", str)
-    models = tuple(MODELS)
-    data = reader.dataclass(DataSpec, raw.get("data"), "data", {"val_fraction": dict(low=0.0, high=0.9, open_low=True)})
+    text = Setting("", (), str, "", Param(""))
+    name = reader.value(text, raw["name"], "name")
+    data = reader.section(DataSpec, raw.get("data"), "data")
     try:
         data = replace(data, source=absolute_source(data.source))
     except DataSourceError as error:
         reader.fail("data.source", str(error))
-    teacher = reader.dataclass(TeacherSpec, raw.get("teacher"), "teacher", {
-        "arch": dict(choices=models), "epochs": dict(low=1), "batch_size": dict(low=1), "lr": dict(low=0, open_low=True),
-        "lr_schedule": dict(choices=LR_SCHEDULES)})
+    teacher = reader.section(TeacherSpec, raw.get("teacher"), "teacher")
     if teacher.checkpoint and not Path(teacher.checkpoint).expanduser().exists():
         reader.fail("teacher.checkpoint", f"file {teacher.checkpoint} does not exist")
-    student = reader.scalar(raw.get("student", "resnet8"), "student", str, models)
-    training = reader.dataclass(TrainingSpec, raw.get("training"), "training", {
-        "max_epochs": dict(low=1), "batch_size": dict(low=1), "lr_schedule": dict(choices=LR_SCHEDULES),
-        "compile": dict(choices=COMPILE_MODES)})
-    search = reader.dataclass(SearchSettings, raw.get("search"), "search", {
-        "num_samples": dict(low=1), "max_concurrent_trials": dict(low=1), "grace_period": dict(low=1),
-        "reduction_factor": dict(low=2), "metric": dict(choices=METRICS), "max_failures": dict(low=0)})
+    student = reader.value(Setting("student", (), str, "resnet8", Param("", choices=tuple(MODELS))),
+                           raw.get("student", "resnet8"), "student")
+    training = reader.section(TrainConfig, raw.get("training"), "training", searchable=False)
+    search = reader.section(SearchSettings, raw.get("search"), "search")
     if search.grace_period > training.max_epochs:
         reader.fail("search.grace_period", f"must be <= training.max_epochs ({training.max_epochs})")
-    resources = reader.dataclass(Resources, raw.get("resources"), "resources",
-                                 {"cpu": dict(low=0, open_low=True), "gpu": dict(low=0)})
-    tracking = reader.dataclass(TrackingSpec, raw.get("tracking"), "tracking")
-    params_raw = reader.mapping(raw.get("params"), "params", list(PARAMS))
+    resources = reader.section(Resources, raw.get("resources"), "resources")
+    tracking = reader.section(TrackingSpec, raw.get("tracking"), "tracking")
+    params_raw = reader.mapping(raw.get("params"), "params", list(TRIAL_PARAMS))
     params = {k: reader.param(k, v, f"params.{k}") for k, v in params_raw.items()}
-    _check_params(reader, params)
-    storage = reader.scalar(raw.get("storage_path", SweepSpec.storage_path), "storage_path", str)
+    _check_beta_bounds(reader, params)
+    storage = reader.value(text, raw.get("storage_path", SweepSpec.storage_path), "storage_path")
     return SweepSpec(name, str(file), data, teacher, student, training, params, search, resources, tracking, storage)
 
 
-def _check_params(reader: _Reader, params: dict) -> None:
-    """Every value a trial can sample must make a valid trial: checked on the ranges, nothing swapped later."""
+def _check_beta_bounds(reader: _Reader, params: dict) -> None:
+    """Every (beta_min, beta_max) a trial can sample must make a valid schedule: checked on the ranges."""
     def bounds(name):
-        value = params.get(name, PARAMS[name][0])
+        value = params.get(name, TRIAL_PARAMS[name].default)
         return value.bounds() if isinstance(value, Distribution) else (value, value)
 
-    for name, low_limit, high_limit in (("r", 0, 1), ("alpha", 0, 1), ("beta_min", 0, None), ("beta_max", 0, None),
-                                        ("tau", 0, None), ("c", 0, None), ("lr", 0, None),
-                                        ("w_wasserstein", 0, None), ("w_grad", 0, None), ("w_kd", 0, None)):
-        low, high = bounds(name)
-        strict = name in ("tau", "c", "lr")
-        if low < low_limit or (strict and low <= low_limit) or (high_limit is not None and high > high_limit):
-            allowed = f"[{low_limit}, {high_limit}]" if high_limit is not None else f"{'>' if strict else '>='} {low_limit}"
-            reader.fail(f"params.{name}", f"values must be {allowed}, got range [{low}, {high}]")
     (_, min_high), (max_low, _) = bounds("beta_min"), bounds("beta_max")
     if min_high >= max_low:
         reader.fail("params.beta_min", f"every beta_min must be below every beta_max: the highest beta_min "

@@ -16,20 +16,27 @@ from pathlib import Path
 
 import torch
 
-from .data import DataSourceError, Splits, cache_root, load_splits
+from .data import DataSourceError, DataSpec, Splits, load_splits
+from .files import cache_root
 from .distill import StudentOnly
-from .loop import Trainer, TrainConfig
+from .loop import LR_SCHEDULES, Trainer, TrainConfig
 from .models import MODELS, SplitNet, build_model, load_model, save_model
+from .params import add_flags, check, from_flags, setting
 
 
 @dataclass(frozen=True)
 class TeacherRecipe:
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.05
-    weight_decay: float = 5e-4
-    lr_schedule: str = "cosine"
-    seed: int = 0
+    """How a teacher is trained (method student: CE alone); its cache key."""
+
+    epochs: int = setting(10, "epochs of the teacher's training", low=1)
+    batch_size: int = setting(128, "the teacher's batch size", low=1)
+    lr: float = setting(0.05, "the teacher's SGD learning rate", low=0, above_low=True)
+    weight_decay: float = setting(5e-4, "the teacher's SGD weight decay", low=0)
+    lr_schedule: str = setting("cosine", "the teacher's learning-rate schedule", choices=LR_SCHEDULES)
+    seed: int = setting(0, "the teacher's seed (weights, batch order, augmentation)")
+
+    def __post_init__(self):
+        check(self)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
@@ -73,28 +80,22 @@ def obtain_teacher(splits: Splits, arch: str, recipe: TeacherRecipe, val_fractio
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gkd_tune.teacher", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True, help="data source, e.g. digits, cifar10, parquet:PATH")
+    parser = argparse.ArgumentParser(prog="python -m gkd_tune.teacher", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--arch", required=True, choices=list(MODELS), metavar="ARCH",
                         help=f"one of: {', '.join(MODELS)}")
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    defaults = TeacherRecipe()
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--lr-schedule", choices=["cosine", "multistep"], default=defaults.lr_schedule)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--cache-dir", type=Path, help="where teachers are cached (default $GKD_TUNE_CACHE/teachers)")
+    add_flags(parser.add_argument_group("data"), DataSpec)
+    add_flags(parser.add_argument_group("recipe"), TeacherRecipe)
     args = parser.parse_args(argv)
-    recipe = TeacherRecipe(args.epochs, args.batch_size, args.lr, args.weight_decay, args.lr_schedule, args.seed)
     try:
-        splits = load_splits(args.dataset, args.val_fraction)
-        _, path, metadata = obtain_teacher(splits, args.arch, recipe, args.val_fraction, directory=args.cache_dir)
+        data, recipe = from_flags(args, DataSpec), from_flags(args, TeacherRecipe)
+        splits = load_splits(data.source, data.val_fraction)
+        _, path, metadata = obtain_teacher(splits, args.arch, recipe, data.val_fraction, directory=args.cache_dir)
     except (DataSourceError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"teacher {args.arch} on {args.dataset}: val acc {metadata['val_acc']:.4f}\n{path}")
+    print(f"teacher {args.arch} on {data.source}: val acc {metadata['val_acc']:.4f}\n{path}")
     return 0
 
 

@@ -17,8 +17,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from .space import PARAMS, SweepSpec, trial_configs
-from .trainable import STUDENT_FILE
+from .files import STUDENT_FILE
+from .space import SweepSpec, run_params, sweep_params, trial_configs
 
 SWEEP_TAG = "gkd_tune.sweep_dir"
 TRIAL_TAG = "gkd_tune.trial_id"
@@ -48,9 +48,7 @@ class SweepTracker:
         self.client.log_artifact(self.parent_id, self.spec.file, "space")
         if "val_acc" in teacher_metadata:
             self.client.log_metric(self.parent_id, "teacher_val_acc", teacher_metadata["val_acc"])
-        settings = {"dataset": self.spec.data.source, "teacher": self.spec.teacher.arch, "student": self.spec.student,
-                    "max_epochs": self.spec.training.max_epochs, "num_samples": self.spec.search.num_samples}
-        self.client.log_batch(self.parent_id, params=[Param(k, str(v)) for k, v in settings.items()])
+        self.client.log_batch(self.parent_id, params=[Param(k, str(v)) for k, v in sweep_params(self.spec).items()])
 
     def finish(self, status: str, best_trial: str | None = None, best_value: float | None = None) -> None:
         """End the parent run; on an interrupted sweep, trial runs still RUNNING become KILLED."""
@@ -116,11 +114,7 @@ class MlflowTrialLogger(tune.Callback):
 
     def _log_trial_setup(self, run_id: str, config: dict) -> None:
         spec = self.tracker.spec
-        values = {name: default for name, (default, _, _) in PARAMS.items()}
-        values.update(spec.fixed())
-        values.update(config)
-        values.update(student=spec.student, teacher=spec.teacher.arch)
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(values.items())])
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in run_params(spec, config).items()])
         distill_config, train_config = trial_configs(spec, config)
         if distill_config.method == "gompertz":
             self.client.log_figure(run_id, beta_curve(distill_config.schedule, train_config.epochs), "beta_curve.png")

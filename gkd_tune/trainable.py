@@ -17,16 +17,12 @@ from ray import tune
 
 from .data import load_splits
 from .distill import build_distiller
+from .files import STUDENT_FILE, TEACHER_FILE, TRAINER_FILE
 from .loop import Trainer
 from .models import build_model, load_model, save_model
 from .space import SweepSpec, trial_configs
 from .storage import SweepStorage
 from .teacher import obtain_teacher
-
-TEACHER_FILE = "teacher.pt"
-TRAINER_FILE = "trainer.pt"
-STUDENT_FILE = "student.pt"
-
 
 def provide_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
     """Train the teacher (or take it from this node's cache, or from teacher.checkpoint), check it against the arch
@@ -34,7 +30,7 @@ def provide_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     splits = load_splits(spec.data.source, spec.data.val_fraction)
     checkpoint = Path(spec.teacher.checkpoint).expanduser() if spec.teacher.checkpoint else None
-    _, local_file, metadata = obtain_teacher(splits, spec.teacher.arch, spec.teacher.recipe(),
+    _, local_file, metadata = obtain_teacher(splits, spec.teacher.arch, spec.teacher.recipe,
                                              spec.data.val_fraction, checkpoint=checkpoint)
     storage.put(local_file, TEACHER_FILE)
     return metadata

@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 
 from gkd_tune import data
+from gkd_tune.data import __main__ as data_cli
+from gkd_tune.data import sources
 from gkd_tune.data import DataSourceError, DeviceLoader, ImageArrays, load_splits, random_crop_flip
 
 
@@ -150,13 +152,13 @@ def test_imagefolder_without_train_dir(tmp_path):
 
 
 def test_cli_error_is_one_line(capsys):
-    assert data.main(["describe", "parquet:/nope.parquet"]) == 2
+    assert data_cli.main(["describe", "parquet:/nope.parquet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: data source 'parquet:/nope.parquet'") and err.count("\n") == 1
 
 
 def test_cli_describe_digits(capsys):
-    assert data.main(["describe", "digits"]) == 0
+    assert data_cli.main(["describe", "digits"]) == 0
     out = capsys.readouterr().out
     assert "classes    10" in out and "train 1293  val 144  test 360" in out and "cache" in out
 
@@ -184,7 +186,7 @@ def test_cache_is_reused_and_invalidated_by_change(tmp_path, monkeypatch):
     def must_not_decode(*args):
         raise AssertionError("decoded again despite a cache")
 
-    monkeypatch.setattr(data, "_decode_parquet", must_not_decode)
+    monkeypatch.setattr(sources, "decode_parquet", must_not_decode)
     again, cache_again = data.load_source(f"parquet:{path}")
     assert cache_again == cache and len(again.train) == 6
     write_parquet(path, random_images(8), [0, 1] * 4)  # new content -> new fingerprint -> decoded again
@@ -200,14 +202,14 @@ def test_processes_starting_together_decode_a_source_once(tmp_path, monkeypatch)
     path = tmp_path / "c.parquet"
     write_parquet(path, random_images(6), [0, 1, 0, 1, 0, 1])
     decodes = []
-    real_decode = data._decode_parquet
+    real_decode = sources.decode_parquet
 
     def slow_decode(*args):
         decodes.append(1)
         time.sleep(0.5)  # long enough for the others to find no cache and try too
         return real_decode(*args)
 
-    monkeypatch.setattr(data, "_decode_parquet", slow_decode)
+    monkeypatch.setattr(sources, "decode_parquet", slow_decode)
     results = []
     workers = [threading.Thread(target=lambda: results.append(data.load_source(f"parquet:{path}"))) for _ in range(3)]
     for worker in workers:

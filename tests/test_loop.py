@@ -53,5 +53,7 @@ def test_callback_gets_every_epoch_with_all_metrics(tiny_splits):
 def test_invalid_train_config():
     with pytest.raises(ValueError, match="lr_schedule must be one of cosine, multistep"):
         TrainConfig(epochs=1, lr_schedule="step")
-    with pytest.raises(ValueError, match="epochs and batch_size must be positive"):
+    with pytest.raises(ValueError, match="max_epochs must be >= 1, got 0"):
         TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="weight_decay must be >= 0, got -0.1"):
+        TrainConfig(weight_decay=-0.1)

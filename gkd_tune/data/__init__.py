@@ -1,0 +1,17 @@
+"""Data, in the order it flows: sources -> cached uint8 arrays -> stratified splits -> a loader on the device.
+
+    sources.py   a source string (cifar10, cifar100, parquet:PATH, imagefolder:DIR, digits) and one decoder per kind
+    cache.py     each source decoded once into uint8 arrays (N x 3 x 32 x 32), cached by a fingerprint of the source
+    splits.py    train / stratified validation / test
+    loader.py    the whole split on the compute device, crop + flip as tensor ops
+    __main__.py  ``python -m gkd_tune.data describe SOURCE``
+"""
+
+from .cache import cache_path_for, load_source
+from .loader import DeviceLoader, random_crop_flip
+from .sources import SOURCE_KINDS, DataSourceError, DecodedSource, ImageArrays, absolute_source, parse_source
+from .splits import DataSpec, Splits, load_splits, stratified_split
+
+__all__ = ["SOURCE_KINDS", "DataSourceError", "DataSpec", "DecodedSource", "DeviceLoader", "ImageArrays", "Splits",
+           "absolute_source", "cache_path_for", "load_source", "load_splits", "parse_source", "random_crop_flip",
+           "stratified_split"]

@@ -1,0 +1,83 @@
+"""The decoded-array cache: each source is decoded once into uint8 arrays, stored under ``<cache>/arrays`` keyed by a
+fingerprint of the source, and read back by every later run. ``<cache>`` is files.cache_root().
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from ..files import cache_root, partial_path
+from .sources import DataSourceError, DecodedSource, ImageArrays, decode, parse_source
+
+# Bump when the decoded layout changes, so old caches are not read.
+CACHE_FORMAT = 1
+
+
+def _fingerprint(source: str, kind: str, location: str, root: Path) -> str:
+    """Changes whenever the source's content may have changed (paths, sizes, modification times)."""
+    parts = [f"format={CACHE_FORMAT}", kind]
+    if kind in ("parquet", "imagefolder"):
+        path = Path(location).resolve()
+        if not path.exists():
+            raise DataSourceError(source, f"no such file or directory: {path}")
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        parts += [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+    elif kind in ("cifar10", "cifar100"):
+        parts.append(str((root / "torchvision").resolve()))
+    else:
+        import sklearn
+
+        parts.append(sklearn.__version__)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def cache_path_for(source: str, root: Path | None = None) -> Path:
+    root = root or cache_root()
+    kind, location = parse_source(source)
+    stem = Path(location).stem if location else kind
+    return root / "arrays" / f"{kind}-{stem}-{_fingerprint(source, kind, location, root)}.npz"
+
+
+def load_source(source: str, root: Path | None = None) -> tuple[DecodedSource, Path]:
+    """Decoded arrays of a source, from the cache when present (decoding and caching them otherwise)."""
+    root = root or cache_root()
+    path = cache_path_for(source, root)
+    if path.exists():
+        return _read_cache(path), path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # one decoder per cache: trials starting together on a fresh node would otherwise all download CIFAR into the
+    # same files at once
+    with FileLock(f"{path}.lock"):
+        if path.exists():  # decoded by another process while this one waited
+            return _read_cache(path), path
+        decoded = decode(source, root)
+        _write_cache(decoded, path)
+    return decoded, path
+
+
+def _read_cache(path: Path) -> DecodedSource:
+    with np.load(path, allow_pickle=False) as cached:
+        test = ImageArrays(cached["test_images"], cached["test_labels"]) if "test_images" in cached else None
+        return DecodedSource(ImageArrays(cached["train_images"], cached["train_labels"]), test,
+                             tuple(cached["class_names"]))
+
+
+def _write_cache(decoded: DecodedSource, path: Path) -> None:
+    arrays = {
+        "train_images": decoded.train.images,
+        "train_labels": decoded.train.labels,
+        "class_names": np.asarray(decoded.class_names),
+    }
+    if decoded.test is not None:
+        arrays.update(test_images=decoded.test.images, test_labels=decoded.test.labels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # write-then-rename: a reader never sees a half-written file
+    partial = partial_path(path)
+    with open(partial, "wb") as file:  # a file object: np.savez adds no ".npz" to the name
+        np.savez(file, **arrays)
+    os.replace(partial, path)

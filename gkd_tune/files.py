@@ -1,0 +1,36 @@
+"""Where gkd-tune's files live and how they are written: the cache root, the file names a sweep shares between
+its driver and its trials, and the atomic save every writer uses. The bottom of the stack: imports nothing of
+gkd-tune, and torch only when a file is saved.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# In a sweep's storage folder (storage.SweepStorage): the teacher every trial reads.
+TEACHER_FILE = "teacher.pt"
+# In each Ray Tune checkpoint of a trial: the full trainer state (to continue) and the student alone (to use).
+TRAINER_FILE = "trainer.pt"
+STUDENT_FILE = "student.pt"
+
+
+def cache_root() -> Path:
+    """Decoded data sets and trained teachers: ``$GKD_TUNE_CACHE``, default ``~/.cache/gkd-tune``."""
+    return Path(os.environ.get("GKD_TUNE_CACHE", Path.home() / ".cache" / "gkd-tune"))
+
+
+def partial_path(path: Path) -> Path:
+    """A sibling to write first and rename over `path`; per process, so concurrent writers never share one."""
+    return path.with_name(f"{path.name}.{os.getpid()}.partial")
+
+
+def save_atomically(obj, path: Path) -> None:
+    """torch.save through a temporary file: a crash mid-write never leaves a broken file behind."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(path)
+    torch.save(obj, partial)
+    os.replace(partial, path)
