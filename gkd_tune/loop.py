@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .data import DeviceLoader, Splits
+from .data import DeviceLoader, ImageArrays, Splits
 from .distill import Distiller, StepOutput
 from .files import save_atomically
 from .params import check, setting
@@ -43,7 +43,8 @@ class TrainConfig:
                                "budget", choices=LR_SCHEDULES)
     # multistep: lr x 0.1 at these fractions of the budget (RepDistiller's 150/180/210 of 240 epochs)
     milestones: tuple[float, ...] = (0.625, 0.75, 0.875)
-    seed: int = setting(0, "seed of the student's weights, the batch order and the augmentation")
+    seed: int = setting(0, "seed of the student's weights, the batch order and the augmentation",
+                        searchable=True)  # a space file's params: a seed grid repeats a baseline
     evaluate_test: bool = False
     compile: str = setting("auto", f"torch.compile the step: off, on (inductor), cudagraphs (inductor + CUDA "
                            f"graphs); auto = {AUTO_COMPILE} on a GPU, off on a CPU", choices=COMPILE_MODES)
@@ -59,6 +60,35 @@ class TrainConfig:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 on CUDA; float32 elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(model: Distiller, loader: DeviceLoader) -> tuple[float, float]:
+    """(mean CE, accuracy) of the model's logits over a whole split, on the loader's device."""
+    model.eval()
+    loss = torch.zeros((), device=loader.device)
+    correct = torch.zeros((), device=loader.device)
+    for images, labels in loader:
+        with autocast(loader.device):
+            logits = model(images).float()
+        loss += F.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+    count = len(loader.labels)
+    return loss.item() / count, correct.item() / count
+
+
+def evaluation_loader(arrays: ImageArrays, stats: tuple, batch_size: int, device: torch.device) -> DeviceLoader:
+    """A split in order, normalised with `stats` (the training split's mean and std), at the evaluation batch size:
+    on a GPU at least CUDA_EVAL_BATCH_SIZE."""
+    if device.type == "cuda":
+        batch_size = max(batch_size, CUDA_EVAL_BATCH_SIZE)
+    mean, std = stats
+    return DeviceLoader(arrays, batch_size, train=False, mean=mean, std=std, device=device)
 
 
 EpochCallback = Callable[[dict, "Trainer"], None]
@@ -79,16 +109,12 @@ class Trainer:
         self.compile_mode = (AUTO_COMPILE if cuda else "off") if config.compile == "auto" else config.compile
         if self.compile_mode != "off":
             self.distiller.compile_step("reduce-overhead" if self.compile_mode == "cudagraphs" else None)
-        mean, std = splits.channel_stats()
-        eval_batch_size = max(config.batch_size, CUDA_EVAL_BATCH_SIZE) if cuda else config.batch_size
-
-        def loader(arrays, train):
-            return DeviceLoader(arrays, config.batch_size if train else eval_batch_size, train=train, mean=mean,
-                                std=std, device=self.device, seed=config.seed)
-
-        self.train_loader = loader(splits.train, True)
-        self.val_loader = loader(splits.val, False)
-        self.test_loader = loader(splits.test, False) if config.evaluate_test and splits.test is not None else None
+        stats = splits.channel_stats()
+        self.train_loader = DeviceLoader(splits.train, config.batch_size, train=True, mean=stats[0], std=stats[1],
+                                         device=self.device, seed=config.seed)
+        self.val_loader = evaluation_loader(splits.val, stats, config.batch_size, self.device)
+        self.test_loader = (evaluation_loader(splits.test, stats, config.batch_size, self.device)
+                            if config.evaluate_test and splits.test is not None else None)
         self.optimizer = torch.optim.SGD(
             distiller.trainable_parameters(), lr=config.lr, momentum=config.momentum,
             weight_decay=config.weight_decay, nesterov=True, fused=cuda,  # fused: one kernel for the update
@@ -113,7 +139,7 @@ class Trainer:
         return self.history
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        return autocast(self.device)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, progress: float) -> StepOutput:
         """One optimisation step at training progress t = `progress`; nothing in it waits for the device."""
@@ -159,19 +185,9 @@ class Trainer:
         metrics["images_per_s"] = seen / elapsed
         return metrics
 
-    @torch.no_grad()
     def evaluate(self, loader: DeviceLoader) -> tuple[float, float]:
         """(mean CE, accuracy) of the student over a whole split."""
-        self.distiller.eval()
-        loss = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device)
-        for images, labels in loader:
-            with self._autocast():
-                logits = self.distiller(images).float()
-            loss += F.cross_entropy(logits, labels, reduction="sum")
-            correct += (logits.argmax(1) == labels).sum()
-        count = len(loader.labels)
-        return loss.item() / count, correct.item() / count
+        return evaluate(self.distiller, loader)
 
     # ------------------------------------------------------------------------------------- checkpoints
 

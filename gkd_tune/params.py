@@ -104,8 +104,9 @@ def check(config) -> None:
     """Raise ValueError for the first declared field of `config` (not of its nested configs, which check
     themselves) whose value is outside its declared range; called by each config's __post_init__."""
     for s in settings(type(config)):
-        if len(s.path) == 1:
-            problem = s.param.problem(getattr(config, s.path[0]))
+        value = getattr(config, s.path[0])
+        if len(s.path) == 1 and value is not None:  # None: "not set", where the default is None
+            problem = s.param.problem(value)
             if problem:
                 raise ValueError(f"{s.name} {problem}")
 

@@ -1,11 +1,14 @@
-"""The end-of-sweep summary: top trials, the best student's file, and how to open the MLflow UI on them."""
+"""The end-of-sweep summary: each trial's outcome, the top completed trials, the best student's file, and how to open
+the MLflow UI on them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from .files import STUDENT_FILE
 from .space import SweepSpec
+from .strategy import COMPLETED, DIVERGED, FAILED, STOPPED, trial_outcome
 from .tracking import SweepTracker
 
 TOP = 5
@@ -30,24 +33,68 @@ def checkpoint_location(checkpoint) -> str:
     return f"{scheme}://{checkpoint.path}"
 
 
-def print_summary(results, spec: SweepSpec, tracker: SweepTracker) -> tuple[str, float]:
-    """Print the top trials (by the last epoch's metric) and return (best trial id, its metric value)."""
+@dataclass
+class TrialSummary:
+    """One trial as the summary sees it: its outcome decided once (strategy.trial_outcome)."""
+
+    trial_id: str
+    outcome: str
+    metrics: dict  # the last reported result
+    config: dict
+    checkpoint: object | None  # a Tune Checkpoint
+    error: str | None = None
+    test: dict | None = None  # test_loss, test_acc: filled for the top-k after the sweep
+
+
+def summarise(results, spec: SweepSpec) -> list[TrialSummary]:
+    """Every trial of a ResultGrid with its outcome, completed ones first, best first (by the last epoch's metric)."""
+    trials = []
+    for result in results:
+        metrics = result.metrics or {}
+        cause = getattr(result.error, "cause", None) or result.error  # a RayTaskError wraps the trial's exception
+        error = f"{type(cause).__name__}: {cause}".splitlines()[0] if result.error else None
+        outcome = trial_outcome(metrics, spec.search.metric, spec.training.max_epochs, result.error is not None)
+        trials.append(TrialSummary(metrics.get("trial_id") or result.path.rsplit("/", 1)[-1], outcome, metrics,
+                                   result.config or {}, result.checkpoint, error))
+    sign = -1 if spec.mode == "max" else 1
+    trials.sort(key=lambda t: (t.outcome != COMPLETED, sign * t.metrics.get(spec.search.metric, 0.0)
+                               if t.outcome == COMPLETED else 0.0))
+    return trials
+
+
+def winners(trials: list[TrialSummary]) -> list[TrialSummary]:
+    """The trials that may win: completed, finite metric; best first. Stopped, diverged and failed ones never do."""
+    return [t for t in trials if t.outcome == COMPLETED]
+
+
+def outcome_counts(trials: list[TrialSummary]) -> str:
+    counts = {o: sum(t.outcome == o for t in trials) for o in (COMPLETED, STOPPED, DIVERGED, FAILED)}
+    return ", ".join(f"{n} {o.replace('_', ' ')}" for o, n in counts.items())
+
+
+def print_summary(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTracker) -> None:
+    """The top completed trials (by the last epoch's validation metric; test metrics where evaluated), the outcome
+    of the others, the best student's file and how to open MLflow."""
     metric = spec.search.metric
-    finished = [r for r in results if r.error is None and r.metrics and metric in r.metrics]
-    finished.sort(key=lambda r: r.metrics[metric], reverse=spec.mode == "max")
-    searched = list(spec.searched())
-    header = f"{'rank':<5}{'trial':<10}{metric:>9}{'epochs':>8}  " + "  ".join(f"{n:>9}" for n in searched)
-    print(f"\nTop trials of {len(finished)} ({metric}, last epoch):\n{header}")
-    for rank, result in enumerate(finished[:TOP], 1):
-        values = "  ".join(f"{_short(result.config.get(n)):>9}" for n in searched)
-        print(f"{rank:<5}{result.metrics['trial_id']:<10}{result.metrics[metric]:>9.4f}"
-              f"{result.metrics['epoch']:>8}  {values}")
-    best = finished[0]
-    student = f"{checkpoint_location(best.checkpoint)}/{STUDENT_FILE}" if best.checkpoint else None
+    best = winners(trials)
+    shown = list(spec.searched()) + list(spec.grid())
+    print(f"\n{len(trials)} trials: {outcome_counts(trials)}")
+    header = (f"{'rank':<5}{'trial':<10}{metric:>9}{'test_acc':>9}{'epochs':>8}  " +
+              "  ".join(f"{n:>9}" for n in shown))
+    print(f"Top completed trials ({metric} at epoch {spec.training.max_epochs}; test split once, after the sweep):"
+          f"\n{header}")
+    for rank, trial in enumerate(best[:TOP], 1):
+        test = f"{trial.test['test_acc']:>9.4f}" if trial.test else f"{'-':>9}"
+        values = "  ".join(f"{_short(trial.config.get(n)):>9}" for n in shown)
+        print(f"{rank:<5}{trial.trial_id:<10}{trial.metrics[metric]:>9.4f}{test}{trial.metrics['epoch']:>8}  {values}")
+    for trial in trials:
+        if trial.outcome in (DIVERGED, FAILED):
+            print(f"{trial.outcome}: {trial.trial_id}" + (f"  ({trial.error})" if trial.error else ""))
+    top = best[0]
+    student = f"{checkpoint_location(top.checkpoint)}/{STUDENT_FILE}" if top.checkpoint else None
     print(f"\nbest student: {student}  (gkd_tune.models.load_model; also the best run's checkpoint/student.pt "
           f"artifact in MLflow)")
     print(f"MLflow: {mlflow_ui_hint(spec.tracking.uri, tracker.experiment_id)}")
-    return best.metrics["trial_id"], float(best.metrics[metric])
 
 
 def _short(value) -> str:

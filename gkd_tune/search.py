@@ -49,6 +49,9 @@ def sweep_storage(spec: SweepSpec) -> SweepStorage:
 
 
 def plan(spec: SweepSpec) -> str:
+    """The resolved sweep, printed before it starts and by --dry-run (warnings: `plan_warnings`)."""
+    from .strategy import schedule_diagnostics
+
     def listing(values: dict) -> str:
         return textwrap.fill(", ".join(f"{k}={v}" for k, v in values.items()), width=110, subsequent_indent=" " * 11)
 
@@ -57,21 +60,38 @@ def plan(spec: SweepSpec) -> str:
                f"{spec.teacher.arch}, trained (cached by recipe): {listing(declared_values(spec.teacher.recipe))}")
     training = {k: v for k, v in declared_values(spec.training).items() if k not in TRIAL_PARAMS}
     s = spec.search
+    if spec.searched():
+        trials = (f"{s.num_samples}, at most {s.max_concurrent_trials} at once; Optuna TPE (multivariate, seed {s.seed}, "
+                  f"{s.tpe_startup_trials} random trials first); ASHA on {s.metric} ({spec.mode}), grace "
+                  f"{s.grace_period}, reduction {s.reduction_factor}" +
+                  (f", the first {s.full_budget_trials} exempt" if s.full_budget_trials else "") +
+                  f"; {s.max_failures} retries per trial")
+    else:
+        trials = (f"{spec.trial_count} ({s.num_samples} x the grid), at most {s.max_concurrent_trials} at once; a "
+                  f"baseline: no search, no early stopping; {s.max_failures} retries per trial")
+    rung_lines, _ = schedule_diagnostics(spec)
     return "\n".join([
         f"sweep      {spec.name}  ({spec.file})",
         f"data       {spec.data.source}  (validation {spec.data.val_fraction:.0%}, stratified)",
         f"teacher    {teacher}",
         f"student    {spec.student}",
         f"training   {listing(training)}  (max_epochs: ASHA's max_t)",
-        f"trials     {s.num_samples}, at most {s.max_concurrent_trials} at once; Optuna TPE seed {s.seed}; "
-        f"ASHA on {s.metric} ({spec.mode}), grace {s.grace_period}, reduction {s.reduction_factor}; "
-        f"{s.max_failures} retries per trial",
+        f"trials     {trials}",
+        "rungs      " + "\n           ".join(rung_lines),
         f"resources  {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU per trial",
         f"searched\n{searched or '  (nothing)'}",
+        *([f"grid       {listing({k: list(d.values) for k, d in spec.grid().items()})}"] if spec.grid() else []),
         f"fixed      {listing(spec.fixed())}",
+        f"test       the top {s.test_top_k} completed trial(s) by {s.metric}, once, after the sweep",
         f"storage    {sweep_storage(spec).location}",
         f"tracking   {spec.tracking.uri}  (experiment {spec.experiment!r})",
     ])
+
+
+def plan_warnings(spec: SweepSpec) -> list[str]:
+    from .strategy import schedule_diagnostics
+
+    return schedule_diagnostics(spec)[1]
 
 
 def prepare_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
@@ -122,10 +142,9 @@ def run(args: argparse.Namespace, spec: SweepSpec) -> int:
 
 def sweep(args: argparse.Namespace, spec: SweepSpec, storage: SweepStorage) -> int:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
-    from .report import print_summary
+    from .report import outcome_counts, print_summary, summarise, winners
+    from .strategy import FAILED, build_scheduler, build_searcher
     from .tracking import MlflowTrialLogger, SweepTracker
     from .trainable import train_trial
 
@@ -139,19 +158,18 @@ def sweep(args: argparse.Namespace, spec: SweepSpec, storage: SweepStorage) -> i
         tune.with_parameters(train_trial, spec=spec, storage=storage),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
+    scheduler = None
     if args.resume:
         tuner = tune.Tuner.restore(storage.location, trainable, resume_unfinished=True, resume_errored=True)
     else:
         s = spec.search
+        scheduler = build_scheduler(spec)
         tuner = tune.Tuner(
             trainable,
             param_space=tune_space(spec),
             tune_config=tune.TuneConfig(
                 metric=s.metric, mode=spec.mode, num_samples=s.num_samples,
-                max_concurrent_trials=s.max_concurrent_trials,
-                search_alg=OptunaSearch(seed=s.seed),  # TPE is Optuna's default sampler
-                scheduler=ASHAScheduler(time_attr="epoch", max_t=spec.training.max_epochs,
-                                        grace_period=s.grace_period, reduction_factor=s.reduction_factor),
+                max_concurrent_trials=s.max_concurrent_trials, search_alg=build_searcher(spec), scheduler=scheduler,
             ),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=storage.parent, callbacks=[logger],
@@ -162,14 +180,82 @@ def sweep(args: argparse.Namespace, spec: SweepSpec, storage: SweepStorage) -> i
     results = tuner.fit()
 
     unfinished = len(results) - results.num_terminated - results.num_errors
-    if unfinished or len(results) < spec.search.num_samples:
+    if unfinished or len(results) < spec.trial_count:
         tracker.finish("KILLED")
-        print(f"\nThe sweep was interrupted ({results.num_terminated} of {spec.search.num_samples} trials ended). "
+        print(f"\nThe sweep was interrupted ({results.num_terminated} of {spec.trial_count} trials ended). "
               f"Continue it with:\n  {resume_command(args)}")
         return EXIT_INTERRUPTED
-    best = print_summary(results, spec, tracker)
-    tracker.finish("FINISHED", *best)
+    trials = summarise(results, spec)
+    best = winners(trials)
+    if not best:
+        first_error = next((t.error for t in trials if t.outcome == FAILED and t.error), None)
+        what = f"all {len(trials)} trials failed" if all(t.outcome == FAILED for t in trials) else \
+            f"no trial completed its budget ({outcome_counts(trials)})"
+        print(f"\n{what}" + (f"; first error: {first_error}" if first_error else ""), file=sys.stderr)
+        tracker.finish("FAILED")
+        return 1
+    if spec.search.full_budget_trials:
+        report_rank_correlations(results, spec, tracker, scheduler)
+    evaluate_top_trials(best[: spec.search.test_top_k], spec, tracker)
+    print_summary(trials, spec, tracker)
+    tracker.finish("FINISHED", best[0].trial_id, float(best[0].metrics[spec.search.metric]))
     return 0
+
+
+def evaluate_top_trials(top: list, spec: SweepSpec, tracker) -> None:
+    """Evaluate the chosen trials once on the test split (Ray tasks with a trial's resources), after every choice
+    was made on validation; log test_acc / test_loss to their runs and best_test_acc to the sweep's. Once per sweep:
+    a --resume of a tested sweep only prints what was measured."""
+    import ray
+
+    from .tracking import TESTED_TAG
+    from .trainable import evaluate_on_test_split
+
+    for trial in top:  # measured already: by an earlier run of this step (it may have been interrupted)
+        trial.test = tracker.test_metrics(trial.trial_id)
+    if not top or tracker.tested:
+        return
+    untested = [trial for trial in top if trial.test is None]
+    if untested:
+        print(f"\nEvaluating {len(untested)} trial(s) on the test split, once ...", flush=True)
+        task = ray.remote(evaluate_on_test_split).options(num_cpus=spec.resources.cpu,
+                                                          num_gpus=math.ceil(spec.resources.gpu), max_retries=2)
+        measured = ray.get([task.remote(spec, trial.checkpoint) for trial in untested])
+        if measured[0] is None:
+            print(f"{spec.data.source} has no test split: nothing tested")
+            tracker.log_sweep_metrics({}, {TESTED_TAG: "true"})
+            return
+        for trial, metrics in zip(untested, measured):
+            trial.test = metrics
+            tracker.log_test(trial.trial_id, metrics)
+    tracker.log_sweep_metrics({"best_test_acc": top[0].test["test_acc"], "best_test_loss": top[0].test["test_loss"]},
+                              {TESTED_TAG: "true"})
+
+
+def report_rank_correlations(results, spec: SweepSpec, tracker, scheduler) -> None:
+    """For the full-budget trials (the first K created): Spearman's rank correlation
+    between val metric at each rung and at max_epochs, printed and logged as rung_spearman_e<epoch>."""
+    from .strategy import SPEARMAN_WARNING, build_scheduler, rank_correlations
+
+    metric, max_t = spec.search.metric, spec.training.max_epochs
+    rungs = (scheduler or build_scheduler(spec)).rung_epochs  # --resume: the same rungs, rebuilt
+    histories = []
+    if scheduler is not None:
+        full_budget = [r for r in results if (r.metrics or {}).get("trial_id") in scheduler.exempt]
+    else:  # a restored sweep: Tune kept the trials in the order they were created, as the scheduler saw them
+        full_budget = list(results)[: spec.search.full_budget_trials]
+    for result in full_budget:
+        frame = result.metrics_dataframe
+        if frame is not None and metric in frame and "epoch" in frame:
+            histories.append(dict(zip(frame["epoch"].astype(int), frame[metric].astype(float))))
+    correlations = rank_correlations(histories, rungs, max_t)
+    complete = sum(max_t in h for h in histories)
+    print(f"\nEarly-stopping fidelity over {complete} full-budget trials ({metric}, Spearman, rung vs epoch {max_t}):")
+    for epoch, rho in correlations.items():
+        low = rho < SPEARMAN_WARNING
+        print(f"  epoch {epoch:>4}: {rho:+.2f}" + ("  warning: ASHA's ranking at this rung is unreliable for this "
+                                                  "space" if low else ""))
+    tracker.log_sweep_metrics({f"rung_spearman_e{e}": rho for e, rho in correlations.items() if rho == rho})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,10 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_space(args.space).with_overrides(num_samples=args.num_samples, seed=args.seed,
                                                      tracking_uri=args.tracking_uri, storage_path=args.storage_path)
-        if args.dry_run:
-            print(plan(spec))
-            return 0
         print(plan(spec), flush=True)
+        for warning in plan_warnings(spec):
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        if args.dry_run:
+            return 0
         return run(args, spec)
     except (SpaceError, DataSourceError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -7,6 +7,7 @@ See README.md ("Search-space files") for the format and search_spaces/*.yaml for
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from .models import MODELS
 from .params import Param, Setting, build, check, flatten, setting, settings
 from .teacher import TeacherRecipe
 
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")  # grid: every value, in every sample
 METRICS = ("val_acc", "val_loss")
 
 
@@ -32,17 +33,35 @@ class SpaceError(ValueError):
 @dataclass(frozen=True)
 class Distribution:
     kind: str  # one of DISTRIBUTIONS
-    values: tuple  # (low, high) or the choices
+    values: tuple  # (low, high), the choices or the grid
 
     def bounds(self) -> tuple[float, float]:
         return (min(self.values), max(self.values))
 
+    def sample(self, rng, size: int):
+        """`size` draws, as the search would make them (a grid: its values, equally often)."""
+        import numpy as np
+
+        low, high = self.values[0], self.values[-1]
+        if self.kind == "uniform":
+            return rng.uniform(low, high, size)
+        if self.kind == "loguniform":
+            return np.exp(rng.uniform(np.log(low), np.log(high), size))
+        if self.kind == "int":
+            return rng.integers(low, high + 1, size)
+        return rng.choice(np.array(self.values, dtype=object), size)
+
 
 # A trial's hyperparameters (a space file's `params`): each can be fixed (a plain value) or searched (a distribution).
 # Listed (in messages, the plan, MLflow) with the Gompertz curve's first, then in declaration order.
-_CURVE_FIRST = ("method", "b", "c", "beta_min", "beta_max")
+_CURVE_FIRST = ("method", "b", "c", "inflection", "beta_min", "beta_max")
+# The Gompertz inflection t* = b / c: searched instead of c (c = b / inflection), every sampled curve rises at the
+# share of the budget it names. Not a config field: trials (and MLflow) see b and c.
+INFLECTION = Setting("inflection", (), float, None, Param(
+    "the Gompertz inflection b/c as a share of the budget; searched instead of c", low=0, high=1, above_low=True,
+    searchable=True))
 TRIAL_PARAMS: dict[str, Setting] = {s.name: s for s in sorted(
-    settings(DistillConfig) + settings(TrainConfig, searchable=True),
+    settings(DistillConfig) + settings(TrainConfig, searchable=True) + [INFLECTION],
     key=lambda s: _CURVE_FIRST.index(s.name) if s.name in _CURVE_FIRST else len(_CURVE_FIRST))}
 
 
@@ -58,13 +77,23 @@ class TeacherSpec:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    num_samples: int = setting(8, "number of trials", low=1)
+    num_samples: int = setting(8, "number of trials (with a grid: repeats of the whole grid)", low=1)
     max_concurrent_trials: int = setting(2, "trials running at once", low=1)
     seed: int = setting(0, "Optuna sampler seed")
     grace_period: int = setting(1, "ASHA: epochs every trial runs before it can be stopped", low=1)
     reduction_factor: int = setting(2, "ASHA: 1 / the share of trials promoted at each rung", low=2)
     metric: str = setting("val_acc", "the last epoch's validation metric that ranks trials", choices=METRICS)
     max_failures: int = setting(2, "retries of a failed trial (from its last checkpoint)", low=0)
+    startup_trials: int | None = setting(None, "random trials before TPE models the results (Optuna's "
+                                         "n_startup_trials); default min(10, max(2, num_samples // 4))", low=1)
+    full_budget_trials: int = setting(0, "the first K trials run to max_epochs whatever ASHA says: at the end, "
+                                      "how well each rung's ranking predicts the final one (Spearman)", low=0)
+    test_top_k: int = setting(1, "the best K completed trials (by the validation metric) are evaluated once on the "
+                              "test split after the sweep", low=0)
+
+    @property
+    def tpe_startup_trials(self) -> int:
+        return self.startup_trials or min(10, max(2, self.num_samples // 4))
 
     def __post_init__(self):
         check(self)
@@ -111,13 +140,24 @@ class SweepSpec:
         return self.tracking.experiment or self.name
 
     def searched(self) -> dict[str, Distribution]:
-        return {k: v for k, v in self.params.items() if isinstance(v, Distribution)}
+        """What Optuna searches (empty: a baseline sweep, no search and no early stopping)."""
+        return {k: v for k, v in self.params.items() if isinstance(v, Distribution) and v.kind != "grid"}
+
+    def grid(self) -> dict[str, Distribution]:
+        return {k: v for k, v in self.params.items() if isinstance(v, Distribution) and v.kind == "grid"}
 
     def fixed(self) -> dict[str, Any]:
-        """Every trial parameter that is not searched: the file's value, else the default."""
-        values = {name: s.default for name, s in TRIAL_PARAMS.items() if name not in self.params}
+        """Every trial parameter that is neither searched nor a grid: the file's value, else the default."""
+        derived = {"c"} if "inflection" in self.params else set()  # c = b / inflection
+        values = {name: s.default for name, s in TRIAL_PARAMS.items()
+                  if name not in self.params and name not in derived and s.default is not None}
         values.update({k: v for k, v in self.params.items() if not isinstance(v, Distribution)})
         return {name: values[name] for name in TRIAL_PARAMS if name in values}
+
+    @property
+    def trial_count(self) -> int:
+        """num_samples, times the size of every grid."""
+        return self.search.num_samples * math.prod(len(d.values) for d in self.grid().values())
 
     def with_overrides(self, **changes) -> "SweepSpec":
         """The spec with the command line's overrides (None means: keep the file's value)."""
@@ -130,6 +170,8 @@ class SweepSpec:
 def trial_configs(spec: SweepSpec, values: dict[str, Any]) -> tuple[DistillConfig, TrainConfig]:
     """The typed configs of one trial from the sampled values (plus the fixed ones and defaults)."""
     chosen = {**spec.fixed(), **values}
+    if "inflection" in chosen:
+        chosen["c"] = chosen["b"] / chosen.pop("inflection")
     return build(DistillConfig, chosen), build(TrainConfig, {**flatten(spec.training), **chosen})
 
 
@@ -206,9 +248,8 @@ class _Reader:
         (dist, args), = value.items()
         if not isinstance(args, list) or not args:
             self.fail(f"{path}.{dist}", "must be a list: [low, high] or the choices")
-        if dist == "choice":
-            return Distribution("choice", tuple(self.value(declared, a, f"{path}.choice[{i}]")
-                                                for i, a in enumerate(args)))
+        if dist in ("choice", "grid"):
+            return Distribution(dist, tuple(self.value(declared, a, f"{path}.{dist}[{i}]") for i, a in enumerate(args)))
         if declared.kind is str:
             self.fail(f"{path}.{dist}", f"{name} is categorical: use choice")
         if len(args) != 2:
@@ -254,6 +295,7 @@ def parse_space(raw: Any, file: Path | str = "<space>") -> SweepSpec:
     params_raw = reader.mapping(raw.get("params"), "params", list(TRIAL_PARAMS))
     params = {k: reader.param(k, v, f"params.{k}") for k, v in params_raw.items()}
     _check_beta_bounds(reader, params)
+    _check_search(reader, params, search)
     storage = reader.value(text, raw.get("storage_path", SweepSpec.storage_path), "storage_path")
     return SweepSpec(name, str(file), data, teacher, student, training, params, search, resources, tracking, storage)
 
@@ -270,6 +312,27 @@ def _check_beta_bounds(reader: _Reader, params: dict) -> None:
                                        f"({min_high}) must be below the lowest beta_max ({max_low})")
 
 
+def _check_search(reader: _Reader, params: dict, search: SearchSettings) -> None:
+    searched = [k for k, v in params.items() if isinstance(v, Distribution) and v.kind != "grid"]
+    grids = [k for k, v in params.items() if isinstance(v, Distribution) and v.kind == "grid"]
+    if searched and grids:
+        reader.fail(f"params.{grids[0]}", f"a grid cannot be mixed with searched values ({', '.join(searched)}): "
+                                          f"Optuna samples, it cannot walk a grid; fix the grid's values or search it")
+    if "inflection" in params:
+        if "c" in params:
+            reader.fail("params.inflection", "give c or inflection (c = b / inflection), not both")
+        b = params.get("b", TRIAL_PARAMS["b"].default)
+        if (b.bounds()[0] if isinstance(b, Distribution) else b) <= 0:
+            reader.fail("params.b", "must be > 0 with inflection (c = b / inflection must be > 0)")
+    if not searched and search.full_budget_trials:
+        reader.fail("search.full_budget_trials", "a sweep that searches nothing stops no trial early already")
+    if 0 < search.full_budget_trials < 3:
+        reader.fail("search.full_budget_trials", f"must be 0 or at least 3 (a rank correlation of fewer trials "
+                                                 f"says nothing), got {search.full_budget_trials}")
+    if search.full_budget_trials > search.num_samples:
+        reader.fail("search.full_budget_trials", f"must be <= search.num_samples ({search.num_samples})")
+
+
 def load_space(path: Path | str) -> SweepSpec:
     path = Path(path)
     try:
@@ -282,9 +345,10 @@ def load_space(path: Path | str) -> SweepSpec:
 
 
 def tune_space(spec: SweepSpec) -> dict:
-    """Ray Tune's param_space: the searched distributions (fixed values are applied in the trial)."""
+    """Ray Tune's param_space: the searched distributions and the grids (fixed values are applied in the trial)."""
     from ray import tune
 
     build = {"uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
-             "int": lambda v: tune.randint(v[0], v[1] + 1), "choice": lambda v: tune.choice(list(v))}
-    return {name: build[d.kind](d.values) for name, d in spec.searched().items()}
+             "int": lambda v: tune.randint(v[0], v[1] + 1), "choice": lambda v: tune.choice(list(v)),
+             "grid": lambda v: tune.grid_search(list(v))}
+    return {name: build[d.kind](d.values) for name, d in {**spec.searched(), **spec.grid()}.items()}

@@ -19,10 +19,12 @@ from ray import tune
 
 from .files import STUDENT_FILE
 from .space import SweepSpec, run_params, sweep_params, trial_configs
+from .strategy import DIVERGED, FAILED, trial_outcome
 
 SWEEP_TAG = "gkd_tune.sweep_dir"
 TRIAL_TAG = "gkd_tune.trial_id"
-OUTCOME_TAG = "gkd_tune.outcome"
+OUTCOME_TAG = "gkd_tune.outcome"  # strategy.trial_outcome
+TESTED_TAG = "gkd_tune.tested"
 LOGGED_METRICS = ("beta", "lr", "train_acc", "val_acc", "val_loss", "test_acc", "test_loss", "epoch_time_s",
                   "images_per_s")
 
@@ -50,9 +52,36 @@ class SweepTracker:
             self.client.log_metric(self.parent_id, "teacher_val_acc", teacher_metadata["val_acc"])
         self.client.log_batch(self.parent_id, params=[Param(k, str(v)) for k, v in sweep_params(self.spec).items()])
 
+    def trial_run_id(self, trial_id: str) -> str | None:
+        found = self.client.search_runs(
+            [self.experiment_id], f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_id}'",
+            max_results=1)
+        return found[0].info.run_id if found else None
+
+    @property
+    def tested(self) -> bool:
+        """Whether the test step already ran for this sweep (it runs once, also across --resume)."""
+        return self.client.get_run(self.parent_id).data.tags.get(TESTED_TAG) == "true"
+
+    def test_metrics(self, trial_id: str) -> dict | None:
+        run_id = self.trial_run_id(trial_id)
+        logged = self.client.get_run(run_id).data.metrics if run_id else {}
+        return {k: logged[k] for k in ("test_loss", "test_acc") if k in logged} or None
+
+    def log_test(self, trial_id: str, metrics: dict) -> None:
+        run_id = self.trial_run_id(trial_id)
+        if run_id is not None:
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0)
+                                                   for k, v in metrics.items()])
+
+    def log_sweep_metrics(self, metrics: dict[str, float], tags: dict[str, str] | None = None) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                              tags=[RunTag(k, v) for k, v in (tags or {}).items()])
+
     def finish(self, status: str, best_trial: str | None = None, best_value: float | None = None) -> None:
-        """End the parent run; on an interrupted sweep, trial runs still RUNNING become KILLED."""
-        if status == "KILLED":
+        """End the parent run; on an interrupted or failed sweep, trial runs still RUNNING become KILLED."""
+        if status != "FINISHED":
             running = self.client.search_runs(
                 [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}' and attributes.status = 'RUNNING'")
             for run in running:
@@ -94,12 +123,8 @@ class MlflowTrialLogger(tune.Callback):
     def run_for(self, trial) -> tuple[str, int]:
         if trial.trial_id in self.runs:
             return self.runs[trial.trial_id]
-        found = self.client.search_runs(
-            [self.tracker.experiment_id],
-            f"tags.`{TRIAL_TAG}` = '{trial.trial_id}' and tags.`mlflow.parentRunId` = '{self.tracker.parent_id}'",
-            max_results=1)
-        if found:
-            run_id = found[0].info.run_id
+        run_id = self.tracker.trial_run_id(trial.trial_id)
+        if run_id is not None:
             history = self.client.get_metric_history(run_id, "val_acc")
             last = max((m.step for m in history), default=0)
             self.client.update_run(run_id, status="RUNNING")
@@ -135,14 +160,14 @@ class MlflowTrialLogger(tune.Callback):
         if trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as directory:
                 self.client.log_artifact(run_id, str(Path(directory) / STUDENT_FILE), "checkpoint")
-        completed = last >= self.tracker.spec.training.max_epochs
-        self.client.log_batch(run_id, tags=[RunTag(OUTCOME_TAG, "completed" if completed else "stopped_by_asha"),
-                                            RunTag("epochs_run", str(last))])
-        self.client.set_terminated(run_id, "FINISHED")
+        spec = self.tracker.spec
+        outcome = trial_outcome(trial.last_result, spec.search.metric, spec.training.max_epochs, errored=False)
+        self.client.log_batch(run_id, tags=[RunTag(OUTCOME_TAG, outcome), RunTag("epochs_run", str(last))])
+        self.client.set_terminated(run_id, "FINISHED" if outcome != DIVERGED else "FAILED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id, _ = self.run_for(trial)
-        self.client.set_tag(run_id, OUTCOME_TAG, "failed")
+        self.client.set_tag(run_id, OUTCOME_TAG, FAILED)
         self.client.set_terminated(run_id, "FAILED")
 
 

@@ -16,9 +16,9 @@ import torch
 from ray import tune
 
 from .data import load_splits
-from .distill import build_distiller
+from .distill import Distiller, build_distiller
 from .files import STUDENT_FILE, TEACHER_FILE, TRAINER_FILE
-from .loop import Trainer
+from .loop import Trainer, default_device, evaluate, evaluation_loader
 from .models import build_model, load_model, save_model
 from .space import SweepSpec, trial_configs
 from .storage import SweepStorage
@@ -65,3 +65,18 @@ def train_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
             tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     trainer.run(report)
+
+
+def evaluate_on_test_split(spec: SweepSpec, checkpoint: tune.Checkpoint) -> dict | None:
+    """The test split's loss and accuracy of a trial's final student (a checkpoint's student file), or None when the
+    source has no test split. Run once per chosen trial, after the sweep: nothing that selects uses it."""
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    splits = load_splits(spec.data.source, spec.data.val_fraction)
+    if splits.test is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        student, _ = load_model(Path(directory) / STUDENT_FILE, spec.student, splits.num_classes)
+    device = default_device()
+    loader = evaluation_loader(splits.test, splits.channel_stats(), spec.training.batch_size, device)
+    test_loss, test_acc = evaluate(Distiller(student).to(device), loader)
+    return {"test_loss": test_loss, "test_acc": test_acc}

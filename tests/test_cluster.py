@@ -269,4 +269,4 @@ def test_sweep_on_the_local_cluster_survives_losing_a_node(local_cluster, tmp_pa
 
     _, metadata = load_model(Path(best), "resnet8", 10)
     assert metadata["epoch"] == 2
-    assert "Top trials of 4" in printed
+    assert "4 trials: 4 completed" in printed and re.search(r"\n1 +\w+ +[0-9.]+ +0\.[0-9]{4} +2 ", printed)  # tested

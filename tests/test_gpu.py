@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import make_splits
 
 from gkd_tune.data import DeviceLoader, ImageArrays, load_splits

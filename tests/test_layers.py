@@ -14,7 +14,7 @@ LAYERS = [
     {"loop"},
     {"teacher"},
     {"space"},
-    {"tracking", "report"},  # MLflow and the summary: never the trainable (torch + Ray) for a file name
+    {"strategy", "tracking", "report"},  # search + early stopping; MLflow; the summary (never the trainable)
     {"train", "trainable"},
     {"search"},
 ]

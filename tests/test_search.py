@@ -18,9 +18,11 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
             "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
     assert search.main(argv) == 0
     out = capsys.readouterr().out
-    assert "trials     3, at most 2 at once; Optuna TPE seed 0; ASHA on val_acc (max), grace 1" in out
+    assert ("trials     3, at most 2 at once; Optuna TPE (multivariate, seed 0, 2 random trials first); ASHA on "
+            "val_acc (max), grace 2") in out
+    assert "rungs      ASHA compares trials at epoch 2 of 4; of 10,000 sampled (b, c):" in out
     assert f"storage    {tmp_path / 's' / 'quickstart'}" in out and f"sqlite:///{tmp_path}/m.db" in out
-    for name in ("b", "c", "r", "tau", "beta_min", "beta_max"):
+    for name in ("b", "inflection", "r", "tau", "beta_min", "beta_max"):
         assert f"\n  {name:<14} " in out
     assert not (tmp_path / "s").exists() and not (tmp_path / "m.db").exists()
 
@@ -53,11 +55,11 @@ def test_teacher_task_error_comes_back_as_one_line(tmp_path, capsys):
     assert "Traceback" not in err and "RayTaskError" not in err
 
 
-def child_runs(db):
+def child_runs(db, experiment="quickstart"):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{db}")
-    experiment = client.get_experiment_by_name("quickstart")
+    experiment = client.get_experiment_by_name(experiment)
     runs = client.search_runs([experiment.experiment_id])
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -89,7 +91,7 @@ def test_quickstart_sweep_interrupted_then_resumed(tmp_path):
 
     resumed = subprocess.run(argv + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "Top trials of 8" in resumed.stdout and "best student:" in resumed.stdout and "mlflow ui" in resumed.stdout
+    assert "8 trials: " in resumed.stdout and "best student:" in resumed.stdout and "mlflow ui" in resumed.stdout
 
     client, parent, children = child_runs(db)
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
@@ -115,4 +117,132 @@ def test_quickstart_sweep_interrupted_then_resumed(tmp_path):
     outcomes = [r.data.tags["gkd_tune.outcome"] for r in children]
     assert outcomes.count("stopped_by_asha") >= 1 and outcomes.count("completed") >= 1
     best = parent[0].data.tags["best_trial"]
-    assert final_accuracy[best] == max(final_accuracy.values())
+    completed = {r.data.tags["gkd_tune.trial_id"] for r in children if r.data.tags["gkd_tune.outcome"] == "completed"}
+    assert final_accuracy[best] == max(final_accuracy[t] for t in completed)  # a stopped trial never wins
+    tested = [r for r in children if "test_acc" in r.data.metrics]  # the test split, once, for the best only
+    assert [r.data.tags["gkd_tune.trial_id"] for r in tested] == [best]
+    assert len(client.get_metric_history(tested[0].info.run_id, "test_acc")) == 1
+    assert parent[0].data.metrics["best_test_acc"] == tested[0].data.metrics["test_acc"] > 0.3
+
+
+# ------------------------------------------------------------------ sweeps of fake trials (no training), in-process
+
+
+def fake_trainable(curve, fail: bool = False):
+    """A trial that reports `curve(config, epoch)` as val_acc each epoch, with a checkpoint holding a student file.
+    A local function: Ray pickles it by value, so the trial workers run it."""
+
+    def trainable(config, spec, storage):
+        import os
+        import tempfile
+
+        from ray import tune
+
+        if fail:
+            raise RuntimeError("boom")
+        for epoch in range(1, spec.training.max_epochs + 1):
+            with tempfile.TemporaryDirectory() as directory:
+                with open(os.path.join(directory, "student.pt"), "wb") as file:
+                    file.write(b"not a model")
+                tune.report({"epoch": epoch, "val_acc": curve(config, epoch), "loss_total": 1.0},
+                            checkpoint=tune.Checkpoint.from_directory(directory))
+
+    return trainable
+
+
+def run_fake_sweep(tmp_path, monkeypatch, space: dict, trainable, *extra) -> tuple[int, dict]:
+    import yaml
+
+    from gkd_tune import strategy
+    from gkd_tune import trainable as trainable_module
+
+    file = tmp_path / "space.yaml"
+    file.write_text(yaml.safe_dump({"name": "fake", "storage_path": str(tmp_path / "runs"), "data": {"source": "digits"},
+                                    "tracking": {"uri": f"sqlite:///{tmp_path}/m.db"}, **space}))
+    made = {}
+
+    def keep(build):
+        def wrapped(spec):
+            made[build.__name__] = build(spec)
+            return made[build.__name__]
+        return wrapped
+
+    monkeypatch.setattr(search, "prepare_teacher", lambda spec, storage: {})
+    monkeypatch.setattr(trainable_module, "train_trial", trainable)
+    monkeypatch.setattr(trainable_module, "evaluate_on_test_split",
+                        lambda spec, checkpoint: {"test_loss": 0.5, "test_acc": 0.77})
+    monkeypatch.setattr(strategy, "build_searcher", keep(strategy.build_searcher))
+    monkeypatch.setattr(strategy, "build_scheduler", keep(strategy.build_scheduler))
+    return search.main(["--space", str(file), *extra]), made
+
+
+@pytest.mark.slow
+def test_stopped_trials_are_pruned_for_optuna_full_budget_trials_rank_the_rungs_and_the_best_is_tested_once(
+        tmp_path, monkeypatch, capsys):
+    import optuna
+
+    space = {"training": {"max_epochs": 4}, "params": {"b": {"uniform": [1.0, 5.0]}, "c": {"uniform": [2.0, 10.0]}},
+             "search": {"num_samples": 8, "max_concurrent_trials": 2, "grace_period": 1, "reduction_factor": 2,
+                        "full_budget_trials": 3}}
+    rc, made = run_fake_sweep(tmp_path, monkeypatch, space, fake_trainable(lambda config, epoch: config["b"] * epoch / 20))
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    study = made["build_searcher"]._ot_study
+    S = optuna.trial.TrialState
+    states = [t.state for t in study.trials]
+    assert states.count(S.PRUNED) >= 1 and set(states) == {S.PRUNED, S.COMPLETE}
+    assert all((max(t.intermediate_values) == 4) == (t.state == S.COMPLETE) for t in study.trials), [
+        (t.state, t.intermediate_values) for t in study.trials]
+
+    client, parent, children = child_runs(tmp_path / "m.db", "fake")
+    metrics = parent[0].data.metrics
+    assert metrics["rung_spearman_e1"] == pytest.approx(1.0) and metrics["rung_spearman_e2"] == pytest.approx(1.0)
+    exempt = made["build_scheduler"].exempt
+    assert len(exempt) == 3 and all(r.data.tags["gkd_tune.outcome"] == "completed" for r in children
+                                    if r.data.tags["gkd_tune.trial_id"] in exempt)
+    tested = [r for r in children if "test_acc" in r.data.metrics]
+    assert [r.data.tags["gkd_tune.trial_id"] for r in tested] == [parent[0].data.tags["best_trial"]]
+    assert metrics["best_test_acc"] == 0.77 and "0.7700" in out
+    assert "8 trials: " in out and "stopped by asha" in out
+
+    # a --resume of the finished sweep prints the answer again and tests nothing again
+    assert run_fake_sweep(tmp_path, monkeypatch, space, fake_trainable(lambda config, epoch: 0.0), "--resume")[0] == 0
+    assert "0.7700" in capsys.readouterr().out
+    assert len(client.get_metric_history(tested[0].info.run_id, "test_acc")) == 1
+
+
+@pytest.mark.slow
+def test_a_baseline_runs_exactly_its_grid_without_optuna_and_tests_each_trial_once(tmp_path, monkeypatch):
+    """baselines.yaml on a CPU: real (tiny) trials of the student alone and KD, two seeds each."""
+    import yaml
+
+    from gkd_tune import strategy
+
+    made = []
+    monkeypatch.setattr(strategy, "build_searcher", lambda spec, build=strategy.build_searcher: made.append(
+        build(spec)) or made[-1])
+    baselines = yaml.safe_load((ROOT / "search_spaces" / "baselines.yaml").read_text())
+    baselines.update(data={"source": "digits"}, teacher={"arch": "resnet8", "epochs": 1}, student="resnet8",
+                     training={"max_epochs": 1, "batch_size": 128}, resources={"cpu": 1, "gpu": 0},
+                     storage_path=str(tmp_path / "runs"), tracking={"uri": f"sqlite:///{tmp_path}/m.db"})
+    baselines["params"].update(seed={"grid": [0, 1]}, lr=0.1)
+    baselines["search"].update(max_concurrent_trials=2, test_top_k=4)
+    (tmp_path / "baselines.yaml").write_text(yaml.safe_dump(baselines))
+    assert search.main(["--space", str(tmp_path / "baselines.yaml")]) == 0
+    assert made == [None]  # no Optuna
+    _, parent, children = child_runs(tmp_path / "m.db", baselines["name"])
+    assert sorted((r.data.params["method"], r.data.params["seed"]) for r in children) == [
+        (m, s) for m in ("kd", "student") for s in ("0", "1")]
+    assert all(r.data.tags["gkd_tune.outcome"] == "completed" and 0 < r.data.metrics["test_acc"] <= 1
+               for r in children)
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_trials_all_fail_says_so_in_one_line_and_fails(tmp_path, monkeypatch, capsys):
+    space = {"params": {"b": {"uniform": [1.0, 5.0]}}, "training": {"max_epochs": 2},
+             "search": {"num_samples": 2, "max_failures": 0}}
+    rc, _ = run_fake_sweep(tmp_path, monkeypatch, space, fake_trainable(None, fail=True))
+    assert rc == 1
+    assert "all 2 trials failed; first error: RuntimeError: boom" in capsys.readouterr().err
+    _, parent, children = child_runs(tmp_path / "m.db", "fake")
+    assert parent[0].info.status == "FAILED" and all(r.info.status == "FAILED" for r in children)

@@ -10,9 +10,31 @@ MINIMAL = {"name": "s", "params": {"b": {"uniform": [1, 5]}, "tau": {"choice": [
 
 
 @pytest.mark.parametrize("file", sorted(SPACES.glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_spaces_parse(file):
+def test_shipped_spaces_parse_and_asha_judges_risen_schedules(file):
+    from gkd_tune.strategy import schedule_diagnostics
+
     spec = load_space(file)
-    assert {"b", "c", "r", "tau", "beta_min", "beta_max"} <= set(spec.searched())
+    if file.name == "baselines.yaml":
+        assert not spec.searched() and spec.trial_count == 6 and spec.fixed()["lr"] == 0.04
+    else:
+        assert {"b", "inflection", "r", "tau", "beta_min", "beta_max"} <= set(spec.searched())
+    assert schedule_diagnostics(spec)[1] == []  # no warning
+
+
+def test_inflection_is_searched_instead_of_c():
+    spec = parse_space({"name": "s", "params": {"b": {"uniform": [1, 5]}, "inflection": {"uniform": [0.2, 0.8]}}})
+    distill, _ = trial_configs(spec, {"b": 2.0, "inflection": 0.25})
+    assert distill.schedule.c == 8.0 and distill.schedule.b == 2.0 and "c" not in spec.fixed()
+    from gkd_tune.space import run_params
+
+    assert run_params(spec, {"b": 2.0, "inflection": 0.25})["c"] == 8.0  # MLflow shows b and c
+
+
+def test_a_grid_becomes_tune_grid_values_and_counts_its_trials():
+    spec = parse_space({"name": "s", "params": {"method": {"grid": ["student", "kd"]}, "seed": {"grid": [0, 1, 2]}},
+                        "search": {"num_samples": 2}})
+    assert not spec.searched() and spec.trial_count == 12
+    assert tune_space(spec)["seed"] == {"grid_search": [0, 1, 2]}
 
 
 def test_quickstart_is_a_cpu_sweep_with_work_for_asha_and_tpe():
@@ -75,6 +97,14 @@ def bad(change):
     ({"search.reduction_factor": 1}, r"search.reduction_factor: must be >= 2"),
     ({"resources.gpu": -1}, r"resources.gpu: must be >= 0"),
     ({"teacher.checkpoint": "/no/such/teacher.pt"}, r"teacher.checkpoint: file /no/such/teacher.pt does not exist"),
+    ({"params.seed": {"grid": [0, 1]}}, r"params.seed: a grid cannot be mixed with searched values \(b, tau\)"),
+    ({"params.method": {"grid": ["kd", "fitnet"]}}, r"params.method.grid\[1\]: must be one of student, kd, gompertz"),
+    ({"params.inflection": {"uniform": [0.2, 0.5]}, "params.c": 3.0}, r"params.inflection: give c or inflection"),
+    ({"params.inflection": {"uniform": [0.2, 1.5]}}, r"params.inflection: values must be \(0, 1\]"),
+    ({"params.inflection": 0.5, "params.b": {"uniform": [-1, 1]}}, r"params.b: must be > 0 with inflection"),
+    ({"search.full_budget_trials": 2}, r"search.full_budget_trials: must be 0 or at least 3"),
+    ({"search.full_budget_trials": 9}, r"search.full_budget_trials: must be <= search.num_samples \(8\)"),
+    ({"search.startup_trials": 0}, r"search.startup_trials: must be >= 1"),
 ])
 def test_each_error_names_file_field_and_what_is_allowed(change, message):
     with pytest.raises(SpaceError, match=message):

@@ -1,0 +1,193 @@
+"""How a sweep picks and stops trials: Optuna's TPE told what really happened, ASHA with trials exempt from it, and
+checks of the ASHA rungs against the Gompertz schedules they judge.
+
+A trial's outcome is data, decided once here (`trial_outcome`) and used by Optuna (its trial state), MLflow (the
+`gkd_tune.outcome` tag) and the summary (only completed trials can win):
+
+    completed        reached max_epochs with a finite metric       Optuna COMPLETE, with the last value
+    stopped_by_asha  stopped early by ASHA                          Optuna PRUNED (ranked by its last report)
+    diverged         its metric or loss is NaN or infinite          Optuna FAIL
+    failed           raised (after its retries)                     Optuna FAIL
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import optuna
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from .space import Distribution, SweepSpec
+
+COMPLETED, STOPPED, DIVERGED, FAILED = "completed", "stopped_by_asha", "diverged", "failed"
+# A schedule "has not risen" while beta is below this share of its rise: ASHA then judges plain CE training.
+RISE_SHARE = 0.1
+# Above this share of sampled schedules not risen at a rung (or never rising), the plan warns.
+WARN_SHARE = 0.25
+DIAGNOSTIC_SAMPLES = 10_000
+SPEARMAN_WARNING = 0.5
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def trial_outcome(last_result: dict | None, metric: str, max_epochs: int, errored: bool) -> str:
+    if errored:
+        return FAILED
+    result = last_result or {}
+    if metric in result and not (_finite(result[metric]) and _finite(result.get("loss_total", 0.0))):
+        return DIVERGED
+    return COMPLETED if result.get("epoch", 0) >= max_epochs else STOPPED
+
+
+class ScheduleAwareOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch, except that Optuna learns each trial's real outcome (see the module's table).
+
+    Ray's own tells an ASHA-stopped trial COMPLETE with its early value, so TPE would learn from truncated results
+    as if final; and it reports at Tune's training_iteration, which restarts differ from the epoch ASHA uses.
+    """
+
+    def __init__(self, max_epochs: int, **kwargs):
+        super().__init__(**kwargs)
+        self.max_epochs = max_epochs
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        value = result.get(self.metric)
+        if trial_id in self._completed_trials or not _finite(value) or "epoch" not in result:
+            return
+        with warnings.catch_warnings():  # an epoch re-run after a restore is reported again: Optuna keeps the first
+            warnings.simplefilter("ignore", UserWarning)
+            self._ot_trials[trial_id].report(float(value), int(result["epoch"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if result and not error:
+            # the result that ended the trial (ASHA's stop, or max_t) reaches the searcher only here
+            self.on_trial_result(trial_id, result)
+        outcome = trial_outcome(result, self.metric, self.max_epochs, error)
+        trial = self._ot_trials[trial_id]
+        if outcome == COMPLETED:
+            self._ot_study.tell(trial, float(result[self.metric]), state=optuna.trial.TrialState.COMPLETE)
+        elif outcome == STOPPED:
+            self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            self._ot_study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        self._completed_trials.add(trial_id)
+
+
+class ASHAWithFullBudgetTrials(ASHAScheduler):
+    """ASHA that lets the first `full_budget_trials` trials run to max_t whatever their rank. Their results still
+    enter the rungs, so they also set the cutoffs the others are judged by."""
+
+    def __init__(self, full_budget_trials: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.full_budget_trials = full_budget_trials
+        self.exempt: list[str] = []  # trial ids, in the order the trials were created
+
+    def on_trial_add(self, tune_controller, trial):
+        super().on_trial_add(tune_controller, trial)
+        if len(self.exempt) < self.full_budget_trials and trial.trial_id not in self.exempt:
+            self.exempt.append(trial.trial_id)
+
+    def on_trial_result(self, tune_controller, trial, result):
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP and trial.trial_id in self.exempt and result.get("epoch", 0) < self._max_t:
+            self._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return action
+
+    @property
+    def rung_epochs(self) -> list[int]:
+        """The epochs at which ASHA compares trials (before max_t, where every trial stops anyway)."""
+        return sorted(int(milestone) for milestone, _ in self._brackets[0]._rungs if milestone < self._max_t)
+
+
+def build_searcher(spec: SweepSpec) -> ScheduleAwareOptunaSearch | None:
+    """Optuna TPE (multivariate, seeded, `search.tpe_startup_trials` random trials first); None when nothing is
+    searched (a baseline: Tune runs the fixed values and grids as they are)."""
+    if not spec.searched():
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate TPE
+        sampler = optuna.samplers.TPESampler(seed=spec.search.seed, multivariate=True,
+                                             n_startup_trials=spec.search.tpe_startup_trials)
+    return ScheduleAwareOptunaSearch(spec.training.max_epochs, sampler=sampler)
+
+
+def build_scheduler(spec: SweepSpec) -> ASHAWithFullBudgetTrials | None:
+    """ASHA on the epoch; None (every trial runs to max_epochs) when nothing is searched."""
+    if not spec.searched():
+        return None
+    s = spec.search
+    return ASHAWithFullBudgetTrials(full_budget_trials=s.full_budget_trials, time_attr="epoch",
+                                    max_t=spec.training.max_epochs, grace_period=s.grace_period,
+                                    reduction_factor=s.reduction_factor)
+
+
+# ------------------------------------------------------------------------------------------ diagnostics
+
+
+def schedule_diagnostics(spec: SweepSpec, samples: int = DIAGNOSTIC_SAMPLES, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(lines, warnings) on what ASHA's rungs will judge: for each rung, the share of sampled Gompertz schedules
+    whose beta has reached less than RISE_SHARE of its rise; and the share whose inflection b/c lies past the
+    budget (beta never rises)."""
+    scheduler = build_scheduler(spec)
+    if scheduler is None:
+        return ["no early stopping (nothing is searched): every trial runs all its epochs"], []
+    rungs = scheduler.rung_epochs
+    max_t = spec.training.max_epochs
+    head = f"ASHA compares trials at epoch {', '.join(map(str, rungs)) or '(none)'} of {max_t}"
+    fixed = spec.fixed()
+    params = {**fixed, **spec.params}
+    if not all(_may_be(params.get(name), value) for name, value in (("method", "gompertz"), ("schedule", "gompertz"))):
+        return [head + "; no rising Gompertz schedule is searched"], []
+    rng = np.random.default_rng(seed)
+
+    def draw(name):
+        value = params.get(name)
+        return value.sample(rng, samples).astype(float) if isinstance(value, Distribution) else \
+            np.full(samples, float(value))
+
+    b = draw("b")
+    c = b / draw("inflection") if "inflection" in params else draw("c")
+    lines = [f"{head}; of {samples:,} sampled (b, c):"]
+    warned = []
+    for epoch in rungs:
+        rise = np.exp(-np.exp(b - c * epoch / max_t))  # the share of beta_max - beta_min reached at this epoch
+        share = float(np.mean(rise < RISE_SHARE))
+        lines.append(f"  epoch {epoch:>4}: {share:6.1%} have reached < {RISE_SHARE:.0%} of their beta rise")
+        if share > WARN_SHARE:
+            warned.append(f"at ASHA's rung at epoch {epoch}, {share:.0%} of the sampled Gompertz schedules have not "
+                          f"risen yet: ASHA would judge them on plain CE training")
+    never = float(np.mean(b / c > 1))
+    lines.append(f"  inflection b/c past the budget: {never:.1%}")
+    if never > WARN_SHARE:
+        warned.append(f"{never:.0%} of the sampled schedules have their inflection b/c past the budget: beta never "
+                      f"rises")
+    if warned:
+        warned.append("choose a later search.grace_period, or b/c ranges (or params.inflection) inside the budget: "
+                      "README, 'Early stopping and the Gompertz schedule'")
+    return lines, warned
+
+
+def _may_be(value, wanted) -> bool:
+    return value == wanted if not isinstance(value, Distribution) else wanted in value.values
+
+
+def rank_correlations(histories: list[dict[int, float]], rungs: list[int], max_epochs: int) -> dict[int, float]:
+    """Spearman's rank correlation, per rung epoch, between the metric there and at max_epochs, over trials that
+    ran the full budget (each history: epoch -> metric). NaN where fewer than 3 trials or no spread."""
+    import pandas as pd
+
+    full = [h for h in histories if max_epochs in h]
+    out = {}
+    for epoch in rungs:
+        pairs = pd.DataFrame([(h.get(epoch), h[max_epochs]) for h in full if epoch in h], columns=["rung", "final"])
+        ranks = pairs.rank()
+        out[epoch] = float(ranks["rung"].corr(ranks["final"])) if len(pairs) >= 3 else float("nan")
+    return out

@@ -1,0 +1,102 @@
+"""Trial outcomes, what Optuna is told, the rung diagnostics and the rank correlations (no training)."""
+
+import math
+
+import optuna
+import pytest
+from ray import tune
+
+from gkd_tune.space import parse_space
+from gkd_tune.strategy import (
+    ASHAWithFullBudgetTrials, build_scheduler, build_searcher, rank_correlations, schedule_diagnostics, trial_outcome)
+
+MAX_T = 4
+
+
+@pytest.mark.parametrize("result, errored, outcome", [
+    ({"epoch": 4, "val_acc": 0.8, "loss_total": 1.0}, False, "completed"),
+    ({"epoch": 2, "val_acc": 0.8, "loss_total": 1.0}, False, "stopped_by_asha"),
+    ({"epoch": 4, "val_acc": math.nan, "loss_total": 1.0}, False, "diverged"),
+    ({"epoch": 2, "val_acc": 0.1, "loss_total": math.inf}, False, "diverged"),
+    ({"epoch": 4, "val_acc": 0.8}, True, "failed"),
+    (None, True, "failed"),
+])
+def test_trial_outcome(result, errored, outcome):
+    assert trial_outcome(result, "val_acc", MAX_T, errored) == outcome
+
+
+def space(**search):
+    return parse_space({"name": "s", "training": {"max_epochs": MAX_T},
+                        "params": {"b": {"uniform": [1, 5]}, "c": {"uniform": [2, 10]}},
+                        "search": {"grace_period": 1, **search}})
+
+
+def test_optuna_is_told_pruned_for_stopped_complete_for_finished_and_fail_for_diverged_or_failed():
+    spec = space(num_samples=8)
+    searcher = build_searcher(spec)
+    searcher.set_search_properties("val_acc", "max", {"b": tune.uniform(1, 5), "c": tune.uniform(2, 10)})
+    runs = {"finished": ([0.5, 0.6, 0.7, 0.8], False), "stopped": ([0.3, 0.35], False),
+            "diverged": ([0.3, math.nan], False), "failed": ([0.4], True)}
+    for trial_id, (values, error) in runs.items():
+        assert searcher.suggest(trial_id)
+        for epoch, value in enumerate(values, 1):
+            result = {"epoch": epoch, "val_acc": value, "loss_total": 1.0, "training_iteration": epoch + 10}
+            searcher.on_trial_result(trial_id, result)
+        searcher.on_trial_complete(trial_id, None if error else result, error=error)
+    states = {t.number: t.state for t in searcher._ot_study.trials}
+    S = optuna.trial.TrialState
+    assert list(states.values()) == [S.COMPLETE, S.PRUNED, S.FAIL, S.FAIL]
+    finished, stopped = searcher._ot_study.trials[:2]
+    assert finished.value == 0.8 and finished.intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7, 4: 0.8}
+    # steps are epochs; Optuna keeps a pruned trial's last intermediate value (TPE ranks it by step and value)
+    assert stopped.intermediate_values == {1: 0.3, 2: 0.35} and stopped.value == 0.35
+
+
+def test_tpe_starts_early_and_is_multivariate():
+    assert build_searcher(space(num_samples=8))._sampler._n_startup_trials == 2
+    assert build_searcher(space(num_samples=64))._sampler._n_startup_trials == 10
+    assert build_searcher(space(num_samples=64, startup_trials=5))._sampler._n_startup_trials == 5
+    assert build_searcher(space(num_samples=8))._sampler._multivariate
+
+
+def test_full_budget_trials_are_exempt_from_asha():
+    scheduler = build_scheduler(space(num_samples=8, full_budget_trials=3, reduction_factor=2))
+    assert isinstance(scheduler, ASHAWithFullBudgetTrials) and scheduler.rung_epochs == [1, 2]
+    scheduler.set_search_properties("val_acc", "max")
+    trials = [type("T", (), {"trial_id": f"t{i}"})() for i in range(5)]
+    for trial in trials:
+        scheduler.on_trial_add(None, trial)
+    assert scheduler.exempt == ["t0", "t1", "t2"]
+    assert scheduler.on_trial_result(None, trials[4], {"epoch": 1, "val_acc": 0.9}) == "CONTINUE"
+    for trial in trials[:3]:  # below the rung's cutoff, but exempt
+        assert scheduler.on_trial_result(None, trial, {"epoch": 1, "val_acc": 0.1}) == "CONTINUE"
+    assert scheduler.on_trial_result(None, trials[0], {"epoch": 2, "val_acc": 0.0}) == "CONTINUE"
+    assert scheduler.on_trial_result(None, trials[3], {"epoch": 1, "val_acc": 0.05}) == "STOP"
+    assert scheduler.on_trial_result(None, trials[0], {"epoch": MAX_T, "val_acc": 0.1}) == "STOP"  # the end
+
+
+def test_diagnostics_on_crafted_spaces():
+    never = parse_space({"name": "s", "training": {"max_epochs": 240}, "params": {"b": 6.0, "c": 2.0, "r": {
+        "uniform": [0, 1]}}, "search": {"grace_period": 30, "reduction_factor": 3}})
+    lines, warnings = schedule_diagnostics(never)
+    assert "ASHA compares trials at epoch 30, 90 of 240" in lines[0]
+    assert "epoch   30: 100.0%" in lines[1] and "epoch   90: 100.0%" in lines[2]
+    assert "past the budget: 100.0%" in lines[3] and len(warnings) == 4
+    late = parse_space({"name": "s", "training": {"max_epochs": 240}, "params": {
+        "b": {"uniform": [1, 6]}, "inflection": {"uniform": [0.15, 0.5]}},
+        "search": {"grace_period": 120, "reduction_factor": 3}})
+    lines, warnings = schedule_diagnostics(late)
+    assert "epoch  120:   0.0%" in lines[1] and "past the budget: 0.0%" in lines[2] and not warnings
+    shipped = parse_space({"name": "s", "training": {"max_epochs": 240}, "params": {
+        "b": {"uniform": [1, 6]}, "c": {"uniform": [2, 12]}}, "search": {"grace_period": 30, "reduction_factor": 3}})
+    lines, _ = schedule_diagnostics(shipped)  # the issue's measurement of the old gompertz.yaml: 86% and 51%
+    assert abs(float(lines[1].split(":")[1].split("%")[0]) - 86) < 2
+    assert abs(float(lines[2].split(":")[1].split("%")[0]) - 51) < 2
+
+
+def test_rank_correlations():
+    histories = [{1: 0.1, 2: 0.5, 4: 0.5}, {1: 0.2, 2: 0.4, 4: 0.4}, {1: 0.3, 2: 0.3, 4: 0.3},
+                 {1: 0.4, 2: 0.6, 4: 0.6}, {1: 0.9, 2: 0.9}]  # the last did not reach 4: left out
+    rho = rank_correlations(histories, [1, 2], 4)
+    assert rho[2] == pytest.approx(1.0) and rho[1] == pytest.approx(0.2)  # 1 - 6 * 8 / (4 * 15)
+    assert math.isnan(rank_correlations(histories[:2], [1], 4)[1])
