@@ -6,6 +6,7 @@ runs in a test, in a single CLI run and inside a Ray Tune trial (which saves ``t
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -110,6 +111,9 @@ class Trainer:
         if self.compile_mode != "off":
             self.distiller.compile_step("reduce-overhead" if self.compile_mode == "cudagraphs" else None)
         stats = splits.channel_stats()
+        # what a saved model needs to be used alone (models.load_student): its input and its classes
+        self.input_card = {"mean": list(stats[0]), "std": list(stats[1]), "image_size": splits.train.images.shape[-1],
+                           "class_names": list(splits.class_names), "dataset": splits.source}
         self.train_loader = DeviceLoader(splits.train, config.batch_size, train=True, mean=stats[0], std=stats[1],
                                          device=self.device, seed=config.seed)
         self.val_loader = evaluation_loader(splits.val, stats, config.batch_size, self.device)
@@ -131,12 +135,18 @@ class Trainer:
     # ---------------------------------------------------------------------------------------- training
 
     def run(self, on_epoch: EpochCallback | None = None) -> list[dict]:
-        while self.epoch < self.config.epochs:
+        """Train to the planned epochs; a diverged run (non-finite loss: its weights are NaN now, no epoch can
+        recover them) stops after reporting that epoch."""
+        while self.epoch < self.config.epochs and not self.diverged:
             metrics = self.train_epoch()
             self.history.append(metrics)
             if on_epoch is not None:
                 on_epoch(metrics, self)
         return self.history
+
+    @property
+    def diverged(self) -> bool:
+        return bool(self.history) and not math.isfinite(self.history[-1].get("loss_total", 0.0))
 
     def _autocast(self):
         return autocast(self.device)

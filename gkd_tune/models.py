@@ -10,6 +10,7 @@ RepDistiller / mdistiller (resnet8..56, resnet8x4/32x4, wrn_16_2/wrn_40_2, Mobil
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -214,3 +215,41 @@ def load_model(path: Path, arch: str | None = None, num_classes: int | None = No
     net = build_model(found_arch, found_classes)
     net.load_state_dict(saved["state_dict"])
     return net, saved["metadata"]
+
+
+@dataclass
+class Student:
+    """A trained model ready to classify raw images: the net and what it was trained on (load_student)."""
+
+    net: SplitNet
+    metadata: dict  # val_acc, epoch, params, mean, std, image_size, class_names, dataset
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.metadata["class_names"]
+
+    @torch.no_grad()
+    def predict(self, images) -> torch.Tensor:
+        """Class indices of uint8 images: N x 3 x H x W (gkd_tune.data's layout) or N x H x W x 3 (PIL, numpy),
+        or one image without N; resized to the training size and normalised as in training."""
+        x = torch.as_tensor(images)
+        x = x[None] if x.ndim == 3 else x
+        if x.shape[1] != 3 and x.shape[-1] == 3:
+            x = x.permute(0, 3, 1, 2)
+        x = x.float() / 255.0
+        size = self.metadata["image_size"]
+        if tuple(x.shape[-2:]) != (size, size):
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        mean = torch.tensor(self.metadata["mean"]).view(1, -1, 1, 1)
+        std = torch.tensor(self.metadata["std"]).view(1, -1, 1, 1)
+        return self.net.eval()((x - mean) / std)[1].argmax(1)
+
+
+def load_student(path: Path) -> Student:
+    """A student file of a sweep trial or a `train` run, ready to `predict`."""
+    net, metadata = load_model(path)
+    missing = [k for k in ("mean", "std", "image_size", "class_names") if k not in metadata]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(missing)} (saved by an older gkd-tune, or not a student): use "
+                         f"load_model and normalise as its training did")
+    return Student(net, metadata)

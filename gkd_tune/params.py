@@ -14,6 +14,7 @@ by the code, still recorded in MLflow, never set by a user.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,8 @@ class Setting:
             return None
         if not isinstance(value, self.kind) or isinstance(value, bool):
             raise TypeError(f"must be {KINDS[self.kind]}, got {value!r}")
+        if self.kind is float and not math.isfinite(value):
+            raise TypeError(f"must be a finite number, got {value!r}")
         return value
 
 
@@ -106,7 +109,8 @@ def check(config) -> None:
     for s in settings(type(config)):
         value = getattr(config, s.path[0])
         if len(s.path) == 1 and value is not None:  # None: "not set", where the default is None
-            problem = s.param.problem(value)
+            finite = not isinstance(value, float) or math.isfinite(value)
+            problem = s.param.problem(value) if finite else f"must be a finite number, got {value}"
             if problem:
                 raise ValueError(f"{s.name} {problem}")
 

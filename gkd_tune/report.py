@@ -16,7 +16,8 @@ TOP = 5
 
 def mlflow_ui_hint(uri: str, experiment_id: str) -> str:
     """How to look at the sweep's runs: a tracking server is already a UI; a store needs `mlflow ui`."""
-    page = f"#/experiments/{experiment_id}"
+    # the runs table in "Model training" mode; MLflow 3's bare experiment page opens its GenAI overview instead
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     if uri.startswith(("http://", "https://")):
         return f"open {uri.rstrip('/')}/{page} (on a cluster through the tunnel: see cluster/README.md)"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shlex
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from pathlib import Path
 from .data import DataSourceError
 from .files import TEACHER_FILE
 from .params import declared_values
+from .preflight import check_local_resources, check_storage, check_tracking
 from .space import TRIAL_PARAMS, SpaceError, SweepSpec, load_space, tune_space
 from .storage import SweepStorage
 
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage-path", help="where trials' checkpoints and the teacher go (overrides "
                         "storage_path): a folder, or a URI such as s3://bucket/prefix; on a cluster, storage "
                         "every node can read")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     parser.add_argument("--address", help="an existing Ray cluster, e.g. 'auto' or HEAD_IP:6379 (default: the "
                         "cluster in RAY_ADDRESS, as under `ray job submit`, else a new local one)")
     return parser
@@ -123,10 +126,14 @@ def resume_command(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace, spec: SweepSpec) -> int:
+    # One trial checkpoints every epoch (to lose at most one): Tune's warning that this snapshots the experiment
+    # often is expected here, not advice. Set before Tune is imported, which reads it.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
     from ray import tune
 
     storage = sweep_storage(spec)
+    check_storage(storage)
     if args.resume and not tune.Tuner.can_restore(storage.location):
         raise ValueError(f"--resume: no sweep to continue at {storage.location}")
     if not args.resume and storage.has_experiment():
@@ -141,15 +148,25 @@ def run(args: argparse.Namespace, spec: SweepSpec) -> int:
 
 
 def sweep(args: argparse.Namespace, spec: SweepSpec, storage: SweepStorage) -> int:
+    from .tracking import SweepTracker
+
+    teacher_metadata = None if args.resume and storage.exists(TEACHER_FILE) else prepare_teacher(spec, storage)
+    tracker = SweepTracker(spec, storage.location)
+    try:
+        return run_trials(args, spec, storage, tracker, teacher_metadata)
+    except BaseException as error:  # nothing left RUNNING: the sweep's run and any trial run still open end here
+        tracker.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+
+
+def run_trials(args: argparse.Namespace, spec: SweepSpec, storage: SweepStorage, tracker, teacher_metadata) -> int:
     from ray import tune
 
     from .report import outcome_counts, print_summary, summarise, winners
     from .strategy import FAILED, build_scheduler, build_searcher
-    from .tracking import MlflowTrialLogger, SweepTracker
+    from .tracking import MlflowTrialLogger
     from .trainable import train_trial
 
-    teacher_metadata = None if args.resume and storage.exists(TEACHER_FILE) else prepare_teacher(spec, storage)
-    tracker = SweepTracker(spec, storage.location)
     if teacher_metadata is not None:
         tracker.log_start(teacher_metadata)
     logger = MlflowTrialLogger(spec, storage.location)
@@ -172,7 +189,7 @@ def sweep(args: argparse.Namespace, spec: SweepSpec, storage: SweepStorage) -> i
                 max_concurrent_trials=s.max_concurrent_trials, search_alg=build_searcher(spec), scheduler=scheduler,
             ),
             run_config=tune.RunConfig(
-                name=spec.name, storage_path=storage.parent, callbacks=[logger],
+                name=spec.name, storage_path=storage.parent, callbacks=[logger], verbose=1,  # status table only
                 failure_config=tune.FailureConfig(max_failures=s.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
@@ -266,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         print(plan(spec), flush=True)
         for warning in plan_warnings(spec):
             print(f"warning: {warning}", file=sys.stderr, flush=True)
+        if not (args.address or os.environ.get("RAY_ADDRESS")):  # a Ray started here: can it ever run the trials?
+            check_local_resources(spec)
+        check_tracking(spec.tracking.uri)
         if args.dry_run:
             return 0
         return run(args, spec)
@@ -275,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before the trials started (Tune handles Ctrl-C itself once they run)
         print("\ninterrupted before any trial started; nothing to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as error:  # anything else: one line (the sweep's MLflow run was closed as FAILED)
+        if args.debug:
+            raise
+        cause = getattr(error, "cause", None) or error  # a Ray task's error: the exception it raised
+        message = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        print(f"error: {type(cause).__name__}: {message}  (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

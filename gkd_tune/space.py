@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from .teacher import TeacherRecipe
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")  # grid: every value, in every sample
 METRICS = ("val_acc", "val_loss")
+SWEEP_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 
 
 class SpaceError(ValueError):
@@ -276,6 +278,9 @@ def parse_space(raw: Any, file: Path | str = "<space>") -> SweepSpec:
         reader.fail("name", "is required (the sweep's name: Ray experiment and MLflow experiment)")
     text = Setting("", (), str, "", Param(""))
     name = reader.value(text, raw["name"], "name")
+    if not re.fullmatch(SWEEP_NAME, name):
+        reader.fail("name", f"must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (it names "
+                            f"folders, a Ray experiment and an MLflow experiment), got {name!r}")
     data = reader.section(DataSpec, raw.get("data"), "data")
     try:
         data = replace(data, source=absolute_source(data.source))
@@ -333,12 +338,31 @@ def _check_search(reader: _Reader, params: dict, search: SearchSettings) -> None
         reader.fail("search.full_budget_trials", f"must be <= search.num_samples ({search.num_samples})")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (not: the last one wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_space(path: Path | str) -> SweepSpec:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise SpaceError(path, "file", "does not exist") from None
+    except IsADirectoryError:
+        raise SpaceError(path, "file", "is a directory, not a YAML file") from None
+    except UnicodeDecodeError as error:
+        raise SpaceError(path, "file", f"is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise SpaceError(path, "file", f"cannot be read: {error.strerror}") from None
     except yaml.YAMLError as error:
         raise SpaceError(path, "file", f"is not valid YAML: {error}".replace("\n", " ")) from None
     return parse_space(raw, path)

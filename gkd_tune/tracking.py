@@ -10,6 +10,7 @@ skips epochs already logged, so a trial re-running an epoch after a restore leav
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .space import SweepSpec, run_params, sweep_params, trial_configs
 from .strategy import DIVERGED, FAILED, trial_outcome
 
 SWEEP_TAG = "gkd_tune.sweep_dir"
+SWEEP_KEY_TAG = "gkd_tune.sweep_key"
 TRIAL_TAG = "gkd_tune.trial_id"
 OUTCOME_TAG = "gkd_tune.outcome"  # strategy.trial_outcome
 TESTED_TAG = "gkd_tune.tested"
@@ -38,13 +40,15 @@ class SweepTracker:
         experiment = self.client.get_experiment_by_name(spec.experiment)
         self.experiment_id = (experiment.experiment_id if experiment is not None
                               else self.client.create_experiment(spec.experiment))
-        found = self.client.search_runs([self.experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep_location}'", max_results=1)
+        # found again by a hash of the location: a path may hold quotes that an MLflow filter string cannot
+        key = hashlib.sha256(sweep_location.encode()).hexdigest()[:16]
+        found = self.client.search_runs([self.experiment_id], f"tags.`{SWEEP_KEY_TAG}` = '{key}'", max_results=1)
         if found:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
         else:
             self.parent_id = self.client.create_run(self.experiment_id, run_name=spec.name,
-                                                    tags={SWEEP_TAG: sweep_location}).info.run_id
+                                                    tags={SWEEP_TAG: sweep_location, SWEEP_KEY_TAG: key}).info.run_id
 
     def log_start(self, teacher_metadata: dict) -> None:
         self.client.log_artifact(self.parent_id, self.spec.file, "space")
@@ -130,7 +134,7 @@ class MlflowTrialLogger(tune.Callback):
             self.client.update_run(run_id, status="RUNNING")
         else:
             run_id = self.client.create_run(
-                self.tracker.experiment_id, run_name=str(trial),
+                self.tracker.experiment_id, run_name=self.run_name(trial),
                 tags={"mlflow.parentRunId": self.tracker.parent_id, TRIAL_TAG: trial.trial_id}).info.run_id
             self._log_trial_setup(run_id, trial.config)
             last = 0
@@ -143,6 +147,16 @@ class MlflowTrialLogger(tune.Callback):
         distill_config, train_config = trial_configs(spec, config)
         if distill_config.method == "gompertz":
             self.client.log_figure(run_id, beta_curve(distill_config.schedule, train_config.epochs), "beta_curve.png")
+
+    def run_name(self, trial) -> str:
+        """'t07 b=2.4 inflection=0.31 tau=6': the trial's number and what sets it apart (its id is a tag)."""
+        number = str(trial.experiment_tag).split("_", 1)[0]
+        varied = [*self.spec.searched(), *self.spec.grid()]
+        values = " ".join(f"{name}={_short(trial.config[name])}" for name in varied if name in trial.config)
+        return f"t{number.zfill(2)} {values}".strip()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.run_for(trial)  # the run opens when the trial does: its duration in MLflow is the trial's
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id, last = self.run_for(trial)
@@ -185,3 +199,7 @@ def beta_curve(schedule, epochs: int):
     figure.tight_layout()
     plt.close(figure)
     return figure
+
+
+def _short(value) -> str:
+    return f"{value:.2g}" if isinstance(value, float) else str(value)

@@ -22,7 +22,7 @@ from .distill import DistillConfig, build_distiller
 from .files import STUDENT_FILE
 from .loop import Trainer, TrainConfig
 from .models import MODELS, build_model, save_model
-from .params import add_flags, from_flags
+from .params import add_flags, flatten, from_flags
 from .space import TeacherSpec
 from .teacher import obtain_teacher
 
@@ -89,8 +89,12 @@ def run(args: argparse.Namespace) -> Path:
         (out / "metrics.json").write_text(json.dumps(trainer.history, indent=1))
 
     trainer.run(after_epoch)
-    save_model(out / STUDENT_FILE, student.cpu(), val_acc=trainer.history[-1]["val_acc"],
-               method=distill_config.method, dataset=data.source)
+    if trainer.diverged:
+        raise ValueError(f"diverged at epoch {trainer.epoch} (loss {trainer.history[-1]['loss_total']}): stopped; "
+                         f"try a lower --lr")
+    params = {**flatten(distill_config), **flatten(train_config), "student": args.student}
+    save_model(out / STUDENT_FILE, student.cpu(), val_acc=trainer.history[-1]["val_acc"], epoch=trainer.epoch,
+               params=params, **trainer.input_card)
     return out
 
 

@@ -20,7 +20,7 @@ from .distill import Distiller, build_distiller
 from .files import STUDENT_FILE, TEACHER_FILE, TRAINER_FILE
 from .loop import Trainer, default_device, evaluate, evaluation_loader
 from .models import build_model, load_model, save_model
-from .space import SweepSpec, trial_configs
+from .space import SweepSpec, run_params, trial_configs
 from .storage import SweepStorage
 from .teacher import obtain_teacher
 
@@ -60,7 +60,7 @@ def train_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
         with tempfile.TemporaryDirectory() as directory:
             trainer.save(Path(directory) / TRAINER_FILE)
             save_model(Path(directory) / STUDENT_FILE, trainer.distiller.student, val_acc=metrics["val_acc"],
-                       epoch=metrics["epoch"], method=distill_config.method, dataset=spec.data.source)
+                       epoch=metrics["epoch"], params=run_params(spec, config), **trainer.input_card)
             # ASHA stops a trial by raising out of this call
             tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(directory))
 

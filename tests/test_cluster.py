@@ -71,6 +71,7 @@ def test_gpu_cluster_is_locked_down():
     assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0 --port=8265" not in start
     # MLflow server on the head: sqlite backend there, artifacts proxied into S3
     assert re.search(r"mlflow server --backend-store-uri sqlite:////home/ray/\S+ --artifacts-destination s3://", start)
+    assert "--host 127.0.0.1 --port 5000" in start  # the driver on the head is its only client; users tunnel
 
 
 def test_local_cluster_file_matches_rays_schema():

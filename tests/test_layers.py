@@ -14,7 +14,7 @@ LAYERS = [
     {"loop"},
     {"teacher"},
     {"space"},
-    {"strategy", "tracking", "report"},  # search + early stopping; MLflow; the summary (never the trainable)
+    {"strategy", "tracking", "report", "preflight"},  # search + early stopping; MLflow; summary; pre-start checks
     {"train", "trainable"},
     {"search"},
 ]

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -57,3 +59,13 @@ def test_invalid_train_config():
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="weight_decay must be >= 0, got -0.1"):
         TrainConfig(weight_decay=-0.1)
+
+
+def test_a_diverged_run_stops_after_reporting_its_nan_epoch(tiny_splits):
+    torch.manual_seed(0)
+    trainer = Trainer(build_distiller(DistillConfig(method="student"), build_model("resnet8", 3), None), tiny_splits,
+                      TrainConfig(epochs=5, batch_size=16, lr=1e30))
+    reported = []
+    history = trainer.run(lambda metrics, _: reported.append(metrics["loss_total"]))
+    assert trainer.diverged and len(history) == len(reported) < 5
+    assert not math.isfinite(reported[-1]) and all(math.isfinite(x) for x in reported[:-1])

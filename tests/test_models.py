@@ -32,3 +32,24 @@ def test_depths_differ_in_size():
 def test_unknown_model_lists_known_names():
     with pytest.raises(ValueError, match="unknown model 'resnet7'.*resnet8.*wrn_40_2"):
         build_model("resnet7", 10)
+
+
+def test_a_saved_student_classifies_raw_images_alone(tiny_splits, tmp_path):
+    from gkd_tune.distill import DistillConfig, build_distiller
+    from gkd_tune.loop import Trainer, TrainConfig
+    from gkd_tune.models import load_student, save_model
+
+    trainer = Trainer(build_distiller(DistillConfig(method="student"), build_model("resnet8", 3), None), tiny_splits,
+                      TrainConfig(epochs=1, batch_size=16))
+    trainer.run()
+    save_model(tmp_path / "student.pt", trainer.distiller.student.cpu(), val_acc=0.5, **trainer.input_card)
+    expected = torch.cat([trainer.distiller(images).argmax(1) for images, _ in trainer.val_loader])
+
+    student = load_student(tmp_path / "student.pt")
+    raw = tiny_splits.val.images  # uint8, N x 3 x 32 x 32, as a user would have them
+    assert torch.equal(student.predict(raw), expected)
+    assert torch.equal(student.predict(raw.transpose(0, 2, 3, 1)), expected)  # N x H x W x 3 too
+    assert student.class_names == list(tiny_splits.class_names)
+    save_model(tmp_path / "bare.pt", build_model("resnet8", 3))
+    with pytest.raises(ValueError, match="has no mean, std, image_size, class_names"):
+        load_student(tmp_path / "bare.pt")

@@ -1,18 +1,22 @@
 from types import SimpleNamespace
 
-from gkd_tune.report import checkpoint_location, mlflow_ui_hint
+import pytest
+
+from gkd_tune.report import checkpoint_location, mlflow_ui_hint, outcome_counts, summarise, winners
+from gkd_tune.space import parse_space
 
 
 def test_a_sqlite_store_needs_mlflow_ui_with_an_absolute_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     hint = mlflow_ui_hint("sqlite:///mlflow.db", "3")
     assert hint.startswith(f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db ")
-    assert hint.endswith("http://127.0.0.1:5000/#/experiments/3")
+    assert hint.endswith("http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning")
 
 
 def test_a_tracking_server_is_already_the_ui():
     hint = mlflow_ui_hint("http://127.0.0.1:5000/", "7")
-    assert hint.startswith("open http://127.0.0.1:5000/#/experiments/7") and "cluster/README.md" in hint
+    assert hint.startswith("open http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning")
+    assert "cluster/README.md" in hint
     assert "mlflow ui" not in hint
 
 
@@ -24,3 +28,27 @@ def test_checkpoint_locations_can_be_typed_elsewhere():
     assert checkpoint_location(checkpoint("local", "/runs/s/t/checkpoint_000003")) == "/runs/s/t/checkpoint_000003"
     assert checkpoint_location(checkpoint("s3", "bucket/runs/s/t/c")) == "s3://bucket/runs/s/t/c"
     assert checkpoint_location(checkpoint("gcs", "bucket/runs/s/t/c")) == "gs://bucket/runs/s/t/c"
+
+
+def result(trial_id, epoch, value, metric, loss=1.0, error=None):
+    return SimpleNamespace(metrics={"trial_id": trial_id, "epoch": epoch, metric: value, "loss_total": loss},
+                           config={}, checkpoint=None, error=error, path=f"/runs/{trial_id}")
+
+
+@pytest.mark.parametrize("metric, values, best", [
+    ("val_loss", [1.8549, float("nan"), 1.8407], "c"),  # the case: NaN broke the sort
+    ("val_acc", [0.81, float("nan"), 0.85], "c"),
+    ("val_acc", [0.81, float("inf"), 0.80], "a"),
+])
+def test_nan_failed_and_stopped_trials_never_win(metric, values, best):
+    spec = parse_space({"name": "s", "training": {"max_epochs": 4}, "search": {"metric": metric},
+                        "params": {"b": {"uniform": [1, 5]}}})
+    results = [result(t, 4, v, metric) for t, v in zip("abc", values)]
+    better = 0.0 if metric == "val_loss" else 1.0
+    results += [result("stopped", 2, better, metric), result("nanloss", 4, better, metric, loss=float("nan")),
+                result("failed", 4, better, metric, error=RuntimeError("boom"))]
+    trials = summarise(results, spec)
+    assert [t.trial_id for t in winners(trials)][0] == best
+    assert {t.trial_id for t in winners(trials)} <= {"a", "b", "c"}
+    assert {t.trial_id: t.outcome for t in trials}["nanloss"] == "diverged"
+    assert outcome_counts(trials) == "2 completed, 1 stopped by asha, 2 diverged, 1 failed"

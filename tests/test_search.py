@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -150,7 +151,7 @@ def fake_trainable(curve, fail: bool = False):
     return trainable
 
 
-def run_fake_sweep(tmp_path, monkeypatch, space: dict, trainable, *extra) -> tuple[int, dict]:
+def run_fake_sweep(tmp_path, monkeypatch, space: dict, trainable, *extra, evaluate=None) -> tuple[int, dict]:
     import yaml
 
     from gkd_tune import strategy
@@ -170,7 +171,7 @@ def run_fake_sweep(tmp_path, monkeypatch, space: dict, trainable, *extra) -> tup
     monkeypatch.setattr(search, "prepare_teacher", lambda spec, storage: {})
     monkeypatch.setattr(trainable_module, "train_trial", trainable)
     monkeypatch.setattr(trainable_module, "evaluate_on_test_split",
-                        lambda spec, checkpoint: {"test_loss": 0.5, "test_acc": 0.77})
+                        evaluate or (lambda spec, checkpoint: {"test_loss": 0.5, "test_acc": 0.77}))
     monkeypatch.setattr(strategy, "build_searcher", keep(strategy.build_searcher))
     monkeypatch.setattr(strategy, "build_scheduler", keep(strategy.build_scheduler))
     return search.main(["--space", str(file), *extra]), made
@@ -204,6 +205,8 @@ def test_stopped_trials_are_pruned_for_optuna_full_budget_trials_rank_the_rungs_
     assert [r.data.tags["gkd_tune.trial_id"] for r in tested] == [parent[0].data.tags["best_trial"]]
     assert metrics["best_test_acc"] == 0.77 and "0.7700" in out
     assert "8 trials: " in out and "stopped by asha" in out
+    assert all(re.fullmatch(r"t\d\d b=\S+ c=\S+", r.info.run_name) for r in children), [r.info.run_name for r in children]
+    assert "Experiment state snapshotting" not in out
 
     # a --resume of the finished sweep prints the answer again and tests nothing again
     assert run_fake_sweep(tmp_path, monkeypatch, space, fake_trainable(lambda config, epoch: 0.0), "--resume")[0] == 0
@@ -246,3 +249,17 @@ def test_a_sweep_whose_trials_all_fail_says_so_in_one_line_and_fails(tmp_path, m
     assert "all 2 trials failed; first error: RuntimeError: boom" in capsys.readouterr().err
     _, parent, children = child_runs(tmp_path / "m.db", "fake")
     assert parent[0].info.status == "FAILED" and all(r.info.status == "FAILED" for r in children)
+
+
+@pytest.mark.slow
+def test_an_error_after_the_trials_closes_every_run_and_prints_one_line(tmp_path, monkeypatch, capsys):
+    def broken_test_split(spec, checkpoint):
+        raise OSError("disk full")
+
+    space = {"params": {"b": {"uniform": [1.0, 5.0]}}, "training": {"max_epochs": 1}, "search": {"num_samples": 2}}
+    rc, _ = run_fake_sweep(tmp_path, monkeypatch, space, fake_trainable(lambda config, epoch: 0.5),
+                           evaluate=broken_test_split)
+    err = capsys.readouterr().err
+    assert rc == 1 and "error: OSError: disk full  (--debug shows the traceback)" in err and "Traceback" not in err
+    _, parent, children = child_runs(tmp_path / "m.db", "fake")
+    assert parent[0].info.status == "FAILED" and all(r.info.status == "FINISHED" for r in children)

@@ -105,6 +105,13 @@ def bad(change):
     ({"search.full_budget_trials": 2}, r"search.full_budget_trials: must be 0 or at least 3"),
     ({"search.full_budget_trials": 9}, r"search.full_budget_trials: must be <= search.num_samples \(8\)"),
     ({"search.startup_trials": 0}, r"search.startup_trials: must be >= 1"),
+    ({"params.b": float("nan")}, r"params.b: must be a finite number, got nan"),
+    ({"params.b": {"uniform": [1, float("inf")]}}, r"params.b.uniform: must be a finite number, got inf"),
+    ({"teacher.lr": float("nan")}, r"teacher.lr: must be a finite number"),
+    ({"params.weight_decay": -0.1}, r"params.weight_decay: must be >= 0, got -0.1"),
+    ({"name": "my sweep"}, r"name: must be 1-64 letters, digits, '.', '_' or '-'.*got 'my sweep'"),
+    ({"name": "it's"}, r"name: must be 1-64 letters"),
+    ({"name": "../up"}, r"name: must be 1-64 letters"),
 ])
 def test_each_error_names_file_field_and_what_is_allowed(change, message):
     with pytest.raises(SpaceError, match=message):
@@ -119,6 +126,27 @@ def test_name_is_required_and_file_errors(tmp_path):
     (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
     with pytest.raises(SpaceError, match="broken.yaml: file: is not valid YAML"):
         load_space(tmp_path / "broken.yaml")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("name: x\nname: y\n", r"file: is not valid YAML: .*key 'name' appears twice"),
+    ("name: x\nparams:\n  b: 1.0\n  b: 2.0\n", r"key 'b' appears twice"),
+    (b"name: \xff\xfe\n", r"file: is not UTF-8 text"),
+    (None, r"file: is a directory"),
+])
+def test_unreadable_files_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "space.yaml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(SpaceError, match=message):
+        load_space(path)
+
+
+def test_command_line_overrides_are_checked_like_the_file():
+    with pytest.raises(ValueError, match="num_samples must be >= 1, got 0"):
+        parse_space(MINIMAL, "x.yaml").with_overrides(num_samples=0)
 
 
 def test_command_line_overrides():
