@@ -11,6 +11,8 @@ continues with --resume.
 from __future__ import annotations
 
 import argparse
+import difflib
+import hashlib
 import math
 import os
 import shlex
@@ -18,20 +20,31 @@ import sys
 import textwrap
 from pathlib import Path
 
+import yaml
+from filelock import FileLock, Timeout
+
 from .data import DataSourceError
-from .files import TEACHER_FILE
+from .files import TEACHER_FILE, cache_root
 from .params import declared_values
 from .preflight import check_local_resources, check_storage, check_tracking
 from .space import TRIAL_PARAMS, SpaceError, SweepSpec, load_space, tune_space
 from .storage import SweepStorage
 
 EXIT_INTERRUPTED = 130
+SPACE_FILE = "space.yaml"  # the space file a sweep started with, in its storage folder: what --resume compares
+# What --resume --accept-changes may change: how trials are run and reported, never what a trial computes.
+SAFE_TO_CHANGE = {"search.max_concurrent_trials", "search.max_failures", "search.test_top_k", "resources.cpu",
+                  "resources.gpu", "tracking.uri", "storage_path"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gkd_tune.search", description=__doc__.split("\n\n")[0])
     parser.add_argument("--space", type=Path, required=True, help="search-space YAML file (see search_spaces/)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this space")
+    parser.add_argument("--accept-changes", action="store_true",
+                        help="with --resume: allow a space file that differs from the one the sweep started with in "
+                             "keys that change no trial's result (search.max_concurrent_trials, search.max_failures, "
+                             "search.test_top_k, resources, tracking.uri)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the space and print the resolved plan; train nothing")
     parser.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
@@ -134,17 +147,69 @@ def run(args: argparse.Namespace, spec: SweepSpec) -> int:
 
     storage = sweep_storage(spec)
     check_storage(storage)
-    if args.resume and not tune.Tuner.can_restore(storage.location):
-        raise ValueError(f"--resume: no sweep to continue at {storage.location}")
-    if not args.resume and storage.has_experiment():
-        raise ValueError(f"a sweep named {spec.name!r} already exists at {storage.location}: continue it with "
-                         f"--resume, or give another name / --storage-path")
-    # address None: RAY_ADDRESS if set (`ray job submit` sets it), else a new local Ray
-    ray.init(address=args.address, include_dashboard=False)
+    lock = sweep_lock(storage)
     try:
-        return sweep(args, spec, storage)
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(f"a sweep named {spec.name!r} is already running from this machine ({storage.location}): "
+                         f"wait for it to end, or give another name / --storage-path") from None
+    try:
+        if args.resume and not tune.Tuner.can_restore(storage.location):
+            raise ValueError(f"--resume: no sweep to continue at {storage.location}")
+        if not args.resume and storage.has_experiment():
+            raise ValueError(f"a sweep named {spec.name!r} already exists at {storage.location}: continue it with "
+                             f"--resume, or give another name / --storage-path")
+        if args.resume:
+            check_unchanged(spec, storage, args.accept_changes)
+        else:
+            storage.put(Path(spec.file), SPACE_FILE)
+        # address None: RAY_ADDRESS if set (`ray job submit` sets it), else a new local Ray
+        ray.init(address=args.address, include_dashboard=False)
+        try:
+            return sweep(args, spec, storage)
+        finally:
+            ray.shutdown()  # on a cluster: disconnects; the cluster stays
     finally:
-        ray.shutdown()  # on a cluster: disconnects; the cluster stays
+        lock.release()
+
+
+def sweep_lock(storage: SweepStorage) -> FileLock:
+    """One driver per sweep on this machine (on a cluster every driver runs on the head), taken before the teacher
+    step, during which Tune has written nothing that would show the sweep exists."""
+    lock_file = cache_root() / "locks" / f"{hashlib.sha256(storage.location.encode()).hexdigest()[:16]}.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(lock_file)
+
+
+def check_unchanged(spec: SweepSpec, storage: SweepStorage, accept_changes: bool) -> None:
+    """--resume with the space file the sweep started with: trials, Optuna and MLflow would otherwise disagree on
+    what a sweep is. Only keys that change no trial's result may differ, and only with --accept-changes."""
+    import tempfile
+
+    if not storage.exists(SPACE_FILE):  # a sweep started by an older gkd-tune: nothing to compare with
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        started = storage.get(SPACE_FILE, Path(directory) / SPACE_FILE).read_text()
+    now = Path(spec.file).read_text()
+    changed = changed_keys(yaml.safe_load(started), yaml.safe_load(now))
+    if not changed or (accept_changes and set(changed) <= SAFE_TO_CHANGE):
+        return
+    diff = "".join(difflib.unified_diff(started.splitlines(True), now.splitlines(True), "started with", spec.file))
+    print(diff, file=sys.stderr)
+    unsafe = [key for key in changed if key not in SAFE_TO_CHANGE]
+    raise ValueError(
+        f"--resume: {spec.file} differs from the space this sweep started with ({', '.join(changed)}; the diff is "
+        f"above): resume with the original file" + (f"; --accept-changes allows only {', '.join(sorted(SAFE_TO_CHANGE))}"
+                                                   f", not {', '.join(unsafe)}" if unsafe else
+                                                   ", or pass --accept-changes (these keys change no trial's result)"))
+
+
+def changed_keys(before, after, prefix: str = "") -> list[str]:
+    """Dotted paths of the values that differ between two parsed YAML documents."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [path for key in sorted(set(before) | set(after), key=str)
+                for path in changed_keys(before.get(key), after.get(key), f"{prefix}{key}.")]
+    return [] if before == after else [prefix.rstrip(".")]
 
 
 def sweep(args: argparse.Namespace, spec: SweepSpec, storage: SweepStorage) -> int:

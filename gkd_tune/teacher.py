@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from .data import DataSourceError, DataSpec, Splits, load_splits
 from .files import cache_root
@@ -58,10 +59,31 @@ def obtain_teacher(splits: Splits, arch: str, recipe: TeacherRecipe, val_fractio
         net, metadata = load_model(checkpoint, arch, splits.num_classes)
         return net, Path(checkpoint), metadata
     path = teacher_path(splits, arch, recipe, val_fraction, directory or cache_root() / "teachers")
-    if path.exists():
-        net, metadata = load_model(path, arch, splits.num_classes)
-        log(f"teacher {arch}: cached at {path} (val acc {metadata.get('val_acc', float('nan')):.4f})")
-        return net, path, metadata
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # one trainer per teacher file: two sweeps (or a sweep and `train`) wanting the same teacher train it once
+    with FileLock(f"{path}.lock"):
+        cached = _load_cached(path, arch, splits.num_classes, log)
+        if cached is not None:
+            return cached[0], path, cached[1]
+        return _train_teacher(splits, arch, recipe, val_fraction, path, log)
+
+
+def _load_cached(path: Path, arch: str, num_classes: int, log) -> tuple[SplitNet, dict] | None:
+    """A cached teacher, or None; a damaged file is removed (and the teacher trained again) with a warning."""
+    if not path.exists():
+        return None
+    try:
+        net, metadata = load_model(path, arch, num_classes)
+    except ValueError as error:
+        log(f"warning: cached teacher {path} cannot be read ({error}); training it again")
+        path.unlink(missing_ok=True)
+        return None
+    log(f"teacher {arch}: cached at {path} (val acc {metadata.get('val_acc', float('nan')):.4f})")
+    return net, metadata
+
+
+def _train_teacher(splits: Splits, arch: str, recipe: TeacherRecipe, val_fraction: float, path: Path,
+                   log) -> tuple[SplitNet, Path, dict]:
     log(f"teacher {arch}: training {recipe.epochs} epochs on {splits.source} -> {path}")
     torch.manual_seed(recipe.seed)
     net = build_model(arch, splits.num_classes)
@@ -73,8 +95,8 @@ def obtain_teacher(splits: Splits, arch: str, recipe: TeacherRecipe, val_fractio
             f"({metrics['images_per_s']:.0f} img/s)")
 
     history = trainer.run(show)
-    metadata = {"val_acc": history[-1]["val_acc"], "dataset": splits.source, "recipe": asdict(recipe),
-                "val_fraction": val_fraction}
+    metadata = {"val_acc": history[-1]["val_acc"], "recipe": asdict(recipe), "val_fraction": val_fraction,
+                **trainer.input_card}
     save_model(path, net.cpu(), **metadata)
     return net, path, metadata
 

@@ -294,3 +294,14 @@ def test_channel_stats_in_chunks_equal_the_whole_array_in_float():
         mean, std = splits.channel_stats(chunk=chunk)
         np.testing.assert_allclose(mean, expected_mean, rtol=1e-9)
         np.testing.assert_allclose(std, expected_std, rtol=1e-7)
+
+
+def test_a_damaged_cache_is_decoded_again(tmp_path):
+    path = tmp_path / "c.parquet"
+    write_parquet(path, random_images(6), [0, 1, 0, 1, 0, 1])
+    first, cache = data.load_source(f"parquet:{path}")
+    cache.write_bytes(cache.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="are damaged"):
+        again, _ = data.load_source(f"parquet:{path}")
+    assert np.array_equal(again.train.images, first.train.images)
+    assert data.load_source(f"parquet:{path}")[0] is not None  # healed: read from the cache again

@@ -263,3 +263,30 @@ def test_an_error_after_the_trials_closes_every_run_and_prints_one_line(tmp_path
     assert rc == 1 and "error: OSError: disk full  (--debug shows the traceback)" in err and "Traceback" not in err
     _, parent, children = child_runs(tmp_path / "m.db", "fake")
     assert parent[0].info.status == "FAILED" and all(r.info.status == "FINISHED" for r in children)
+
+
+def test_a_second_driver_of_the_same_sweep_is_refused(tmp_path, capsys):
+    spec = search.load_space(QUICKSTART).with_overrides(storage_path=str(tmp_path / "runs"))
+    with search.sweep_lock(search.sweep_storage(spec)):
+        argv = ["--space", str(QUICKSTART), "--storage-path", str(tmp_path / "runs"),
+                "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+        assert search.main(argv) == 2
+    assert "error: a sweep named 'quickstart' is already running from this machine" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_changed_space_unless_the_change_is_safe_and_accepted(tmp_path, capsys):
+    from gkd_tune.storage import SweepStorage
+
+    storage = SweepStorage.for_sweep(str(tmp_path / "runs"), "quickstart")
+    storage.put(QUICKSTART, search.SPACE_FILE)
+    edited = tmp_path / "quickstart.yaml"
+    original = QUICKSTART.read_text()
+    edited.write_text(original.replace("max_concurrent_trials: 2", "max_concurrent_trials: 1"))
+    spec = search.load_space(edited)
+    with pytest.raises(ValueError, match=r"differs from the space this sweep started with \(search.max_concurrent"):
+        search.check_unchanged(spec, storage, accept_changes=False)
+    search.check_unchanged(spec, storage, accept_changes=True)  # safe: changes no trial's result
+    edited.write_text(original.replace("lr: 0.1", "lr: 0.2"))
+    with pytest.raises(ValueError, match=r"\(params.lr; .*--accept-changes allows only .*, not params.lr"):
+        search.check_unchanged(search.load_space(edited), storage, accept_changes=True)
+    assert "-  lr: 0.1" in capsys.readouterr().err  # the diff is shown

@@ -35,3 +35,13 @@ def test_teacher_checkpoint_is_checked_against_arch_and_classes(tiny_splits, tmp
         obtain_teacher(tiny_splits, "resnet8", TeacherRecipe(), 0.1, checkpoint=tmp_path / "t10.pt")
     with pytest.raises(ValueError, match="does not exist"):
         load_model(tmp_path / "missing.pt")
+
+
+def test_a_damaged_cached_teacher_is_trained_again_once(tiny_splits, tmp_path):
+    recipe = TeacherRecipe(epochs=1, batch_size=16)
+    _, path, _ = obtain_teacher(tiny_splits, "resnet8", recipe, 0.1, directory=tmp_path, log=lambda m: None)
+    path.write_bytes(path.read_bytes()[:1000])  # a copy cut short
+    printed = []
+    _, again, metadata = obtain_teacher(tiny_splits, "resnet8", recipe, 0.1, directory=tmp_path, log=printed.append)
+    assert again == path and "cannot be read" in printed[0] and "training" in printed[1]
+    assert load_model(path, "resnet8", 3)[1]["class_names"] == list(tiny_splits.class_names)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -47,24 +49,35 @@ def load_source(source: str, root: Path | None = None) -> tuple[DecodedSource, P
     """Decoded arrays of a source, from the cache when present (decoding and caching them otherwise)."""
     root = root or cache_root()
     path = cache_path_for(source, root)
-    if path.exists():
-        return _read_cache(path), path
+    cached = _read_cache(path)
+    if cached is not None:
+        return cached, path
     path.parent.mkdir(parents=True, exist_ok=True)
     # one decoder per cache: trials starting together on a fresh node would otherwise all download CIFAR into the
     # same files at once
     with FileLock(f"{path}.lock"):
-        if path.exists():  # decoded by another process while this one waited
-            return _read_cache(path), path
+        cached = _read_cache(path)  # decoded by another process while this one waited
+        if cached is not None:
+            return cached, path
         decoded = decode(source, root)
         _write_cache(decoded, path)
     return decoded, path
 
 
-def _read_cache(path: Path) -> DecodedSource:
-    with np.load(path, allow_pickle=False) as cached:
-        test = ImageArrays(cached["test_images"], cached["test_labels"]) if "test_images" in cached else None
-        return DecodedSource(ImageArrays(cached["train_images"], cached["train_labels"]), test,
-                             tuple(cached["class_names"]))
+def _read_cache(path: Path) -> DecodedSource | None:
+    """The cached arrays, or None when there are none; a damaged file (a disk that filled up, a copy cut short) is
+    removed with a warning, to be decoded again, instead of failing every later run."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            test = ImageArrays(cached["test_images"], cached["test_labels"]) if "test_images" in cached else None
+            return DecodedSource(ImageArrays(cached["train_images"], cached["train_labels"]), test,
+                                 tuple(cached["class_names"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        warnings.warn(f"cached arrays {path} are damaged ({type(error).__name__}: {error}); decoding again")
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _write_cache(decoded: DecodedSource, path: Path) -> None:
