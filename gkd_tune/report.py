@@ -73,27 +73,33 @@ def outcome_counts(trials: list[TrialSummary]) -> str:
     return ", ".join(f"{n} {o.replace('_', ' ')}" for o, n in counts.items())
 
 
-def print_summary(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTracker) -> None:
-    """The top completed trials (by the last epoch's validation metric; test metrics where evaluated), the outcome
-    of the others, the best student's file and how to open MLflow."""
+def results_table(trials: list[TrialSummary], spec: SweepSpec) -> str:
+    """The outcome counts, the top completed trials (by the last epoch's validation metric; test metrics where
+    evaluated) and every diverged or failed trial with its error."""
     metric = spec.search.metric
-    best = winners(trials)
     shown = list(spec.searched()) + list(spec.grid())
-    print(f"\n{len(trials)} trials: {outcome_counts(trials)}")
-    header = (f"{'rank':<5}{'trial':<10}{metric:>9}{'test_acc':>9}{'epochs':>8}  " +
-              "  ".join(f"{n:>9}" for n in shown))
-    print(f"Top completed trials ({metric} at epoch {spec.training.max_epochs}; test split once, after the sweep):"
-          f"\n{header}")
-    for rank, trial in enumerate(best[:TOP], 1):
+    lines = [f"{len(trials)} trials: {outcome_counts(trials)}",
+             f"Top completed trials ({metric} at epoch {spec.training.max_epochs}; test split once, after the sweep):",
+             f"{'rank':<5}{'trial':<10}{metric:>9}{'test_acc':>9}{'epochs':>8}  " + "  ".join(f"{n:>9}" for n in shown)]
+    for rank, trial in enumerate(winners(trials)[:TOP], 1):
         test = f"{trial.test['test_acc']:>9.4f}" if trial.test else f"{'-':>9}"
         values = "  ".join(f"{_short(trial.config.get(n)):>9}" for n in shown)
-        print(f"{rank:<5}{trial.trial_id:<10}{trial.metrics[metric]:>9.4f}{test}{trial.metrics['epoch']:>8}  {values}")
-    for trial in trials:
-        if trial.outcome in (DIVERGED, FAILED):
-            print(f"{trial.outcome}: {trial.trial_id}" + (f"  ({trial.error})" if trial.error else ""))
-    top = best[0]
+        lines.append(f"{rank:<5}{trial.trial_id:<10}{trial.metrics[metric]:>9.4f}{test}{trial.metrics['epoch']:>8}  "
+                     f"{values}")
+    lines += [f"{t.outcome}: {t.trial_id}" + (f"  ({t.error})" if t.error else "")
+              for t in trials if t.outcome in (DIVERGED, FAILED)]
+    return "\n".join(lines)
+
+
+def print_summary(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTracker) -> None:
+    """The results table, the best student's file and how to open MLflow; the table also becomes the description
+    of the sweep's MLflow run, so the answer is on its page."""
+    table = results_table(trials, spec)
+    print(f"\n{table}")
+    tracker.describe(f"```\n{table}\n```")
+    top = winners(trials)[0]
     student = f"{checkpoint_location(top.checkpoint)}/{STUDENT_FILE}" if top.checkpoint else None
-    print(f"\nbest student: {student}  (gkd_tune.models.load_model; also the best run's checkpoint/student.pt "
+    print(f"\nbest student: {student}  (gkd_tune.models.load_student; also the best run's checkpoint/student.pt "
           f"artifact in MLflow)")
     print(f"MLflow: {mlflow_ui_hint(spec.tracking.uri, tracker.experiment_id)}")
 

@@ -146,6 +146,8 @@ def run(args: argparse.Namespace, spec: SweepSpec) -> int:
     from ray import tune
 
     storage = sweep_storage(spec)
+    if args.resume and not tune.Tuner.can_restore(storage.location):
+        raise ValueError(f"--resume: no sweep to continue at {storage.location}")
     check_storage(storage)
     lock = sweep_lock(storage)
     try:
@@ -154,8 +156,6 @@ def run(args: argparse.Namespace, spec: SweepSpec) -> int:
         raise ValueError(f"a sweep named {spec.name!r} is already running from this machine ({storage.location}): "
                          f"wait for it to end, or give another name / --storage-path") from None
     try:
-        if args.resume and not tune.Tuner.can_restore(storage.location):
-            raise ValueError(f"--resume: no sweep to continue at {storage.location}")
         if not args.resume and storage.has_experiment():
             raise ValueError(f"a sweep named {spec.name!r} already exists at {storage.location}: continue it with "
                              f"--resume, or give another name / --storage-path")

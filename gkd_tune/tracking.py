@@ -83,6 +83,10 @@ class SweepTracker:
         self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                               tags=[RunTag(k, v) for k, v in (tags or {}).items()])
 
+    def describe(self, markdown: str) -> None:
+        """The sweep run's description (the run page's "Description" box)."""
+        self.client.set_tag(self.parent_id, "mlflow.note.content", markdown)
+
     def finish(self, status: str, best_trial: str | None = None, best_value: float | None = None) -> None:
         """End the parent run; on an interrupted or failed sweep, trial runs still RUNNING become KILLED."""
         if status != "FINISHED":

@@ -204,6 +204,7 @@ def test_stopped_trials_are_pruned_for_optuna_full_budget_trials_rank_the_rungs_
     tested = [r for r in children if "test_acc" in r.data.metrics]
     assert [r.data.tags["gkd_tune.trial_id"] for r in tested] == [parent[0].data.tags["best_trial"]]
     assert metrics["best_test_acc"] == 0.77 and "0.7700" in out
+    assert "8 trials: " in parent[0].data.tags["mlflow.note.content"]  # the answer on the sweep run's page
     assert "8 trials: " in out and "stopped by asha" in out
     assert all(re.fullmatch(r"t\d\d b=\S+ c=\S+", r.info.run_name) for r in children), [r.info.run_name for r in children]
     assert "Experiment state snapshotting" not in out
@@ -290,3 +291,24 @@ def test_resume_refuses_a_changed_space_unless_the_change_is_safe_and_accepted(t
     with pytest.raises(ValueError, match=r"\(params.lr; .*--accept-changes allows only .*, not params.lr"):
         search.check_unchanged(search.load_space(edited), storage, accept_changes=True)
     assert "-  lr: 0.1" in capsys.readouterr().err  # the diff is shown
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--num-samples", "0"], "search.num_samples must be >= 1, got 0|num_samples must be >= 1, got 0"),
+    (["--num-samples", "-1"], "num_samples must be >= 1, got -1"),
+    (["--tracking-uri", "sqlite:////nonexistent/dir/x.db"], "tracking.uri: sqlite:////nonexistent/dir/x.db: the folder"),
+    (["--tracking-uri", "bogus://x"], "tracking.uri: bogus://x cannot be used"),
+    (["--space", "/nonexistent.yaml"], "/nonexistent.yaml: file: does not exist"),
+    (["--space", "/"], "/: file: is a directory"),
+    (["--resume"], "--resume: no sweep to continue at"),
+])
+def test_bad_command_lines_are_one_line_errors_and_write_nothing(tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--space", str(QUICKSTART), "--storage-path", str(tmp_path / "runs"),
+            "--tracking-uri", f"sqlite:///{tmp_path}/m.db", *extra]
+    started = time.time()
+    assert search.main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.match(f"error: .*({message})", err) and err.count("\n") == 1, err
+    assert time.time() - started < 5  # well under a Ray start
+    assert list(tmp_path.iterdir()) == []
