@@ -305,3 +305,17 @@ def test_a_damaged_cache_is_decoded_again(tmp_path):
         again, _ = data.load_source(f"parquet:{path}")
     assert np.array_equal(again.train.images, first.train.images)
     assert data.load_source(f"parquet:{path}")[0] is not None  # healed: read from the cache again
+
+
+def test_empty_string_labelled_and_single_class_parquet_are_named(tmp_path):
+    pq.write_table(pa.table({"img": pa.array([], pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                             "label": pa.array([], pa.int64())}), tmp_path / "empty.parquet")
+    with pytest.raises(DataSourceError, match="empty.parquet has no rows"):
+        data.load_source(f"parquet:{tmp_path / 'empty.parquet'}")
+    images = pa.array([{"bytes": png_bytes(p), "path": "x.png"} for p in random_images(2)])
+    pq.write_table(pa.table({"img": images, "label": pa.array(["cat", "dog"])}), tmp_path / "strings.parquet")
+    with pytest.raises(DataSourceError, match=r"labels \('label'\) must be integers, got string"):
+        data.load_source(f"parquet:{tmp_path / 'strings.parquet'}")
+    write_parquet(tmp_path / "one.parquet", random_images(2), [0, 0])
+    with pytest.raises(DataSourceError, match="needs at least 2 classes"):
+        data.load_source(f"parquet:{tmp_path / 'one.parquet'}")

@@ -104,6 +104,7 @@ def _to_nchw_uint8(source: str, pictures: list, what: str) -> np.ndarray:
 
 
 def _read_parquet_file(source: str, path: Path) -> tuple[ImageArrays, list[str] | None]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from PIL import Image
 
@@ -123,8 +124,14 @@ def _read_parquet_file(source: str, path: Path) -> tuple[ImageArrays, list[str] 
         encoded = images.field("bytes").to_pylist()
     except (KeyError, AttributeError, TypeError):
         raise DataSourceError(source, f"{path}: column {image_column!r} is not a struct with encoded 'bytes'") from None
+    if table.num_rows == 0:
+        raise DataSourceError(source, f"{path} has no rows")
     pictures = [(lambda b=b: Image.open(io.BytesIO(b))) for b in encoded]
-    labels = np.asarray(table.column(label_column).to_numpy(zero_copy_only=False), dtype=np.int64)
+    column = table.column(label_column)
+    if not (pa.types.is_integer(column.type) and column.null_count == 0):
+        raise DataSourceError(source, f"{path}: labels ({label_column!r}) must be integers, got {column.type}" +
+                                      (" with nulls" if column.null_count else ""))
+    labels = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64)
     return ImageArrays(_to_nchw_uint8(source, pictures, str(path)), labels), _parquet_class_names(table, label_column)
 
 
@@ -170,6 +177,8 @@ def _class_names(source: str, names, train: ImageArrays, test: ImageArrays | Non
     highest = int(max(train.labels.max(), test.labels.max() if test is not None else 0))
     if train.labels.min() < 0:
         raise DataSourceError(source, "labels must be non-negative integers")
+    if highest < 1:
+        raise DataSourceError(source, "needs at least 2 classes (labels 0..K-1), found only label 0")
     if names is None:
         return tuple(str(i) for i in range(highest + 1))
     if highest >= len(names):
