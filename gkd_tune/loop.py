@@ -113,7 +113,7 @@ class Trainer:
         stats = splits.channel_stats()
         # what a saved model needs to be used alone (models.load_student): its input and its classes
         self.input_card = {"mean": list(stats[0]), "std": list(stats[1]), "image_size": splits.train.images.shape[-1],
-                           "class_names": list(splits.class_names), "dataset": splits.source}
+                           "class_names": [str(name) for name in splits.class_names], "dataset": splits.source}
         self.train_loader = DeviceLoader(splits.train, config.batch_size, train=True, mean=stats[0], std=stats[1],
                                          device=self.device, seed=config.seed)
         self.val_loader = evaluation_loader(splits.val, stats, config.batch_size, self.device)

@@ -10,6 +10,7 @@ RepDistiller / mdistiller (resnet8..56, resnet8x4/32x4, wrn_16_2/wrn_40_2, Mobil
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -193,7 +194,10 @@ def build_model(name: str, num_classes: int) -> SplitNet:
 
 
 def save_model(path: Path, net: SplitNet, **metadata) -> None:
-    """A model file that `load_model` rebuilds: arch, class count, weights and any plain metadata."""
+    """A model file that `load_model` rebuilds: arch, class count, weights and the metadata as plain Python values
+    (numpy scalars, such as class names read from a cache, would not load with weights_only=True)."""
+    metadata = json.loads(json.dumps(metadata, default=lambda value: value.item() if hasattr(value, "item") else
+                                     str(value)))
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     save_atomically({"arch": net.arch, "num_classes": net.num_classes, "state_dict": state, "metadata": metadata},
                     path)
