@@ -9,7 +9,7 @@ from pathlib import Path
 from .files import STUDENT_FILE
 from .space import SweepSpec
 from .strategy import COMPLETED, DIVERGED, FAILED, STOPPED, trial_outcome
-from .tracking import SweepTracker
+from .tracking import SweepTracker, short
 
 TOP = 5
 
@@ -47,13 +47,19 @@ class TrialSummary:
     test: dict | None = None  # test_loss, test_acc: filled for the top-k after the sweep
 
 
+def error_line(error: BaseException) -> str:
+    """'Type: first line of the message' of an exception; of a Ray task's error, of the exception it raised."""
+    cause = getattr(error, "cause", None) or error
+    message = str(cause).strip()
+    return f"{type(cause).__name__}: {message.splitlines()[0] if message else ''}"
+
+
 def summarise(results, spec: SweepSpec) -> list[TrialSummary]:
     """Every trial of a ResultGrid with its outcome, completed ones first, best first (by the last epoch's metric)."""
     trials = []
     for result in results:
         metrics = result.metrics or {}
-        cause = getattr(result.error, "cause", None) or result.error  # a RayTaskError wraps the trial's exception
-        error = f"{type(cause).__name__}: {cause}".splitlines()[0] if result.error else None
+        error = error_line(result.error) if result.error else None
         outcome = trial_outcome(metrics, spec.search.metric, spec.training.max_epochs, result.error is not None)
         trials.append(TrialSummary(metrics.get("trial_id") or result.path.rsplit("/", 1)[-1], outcome, metrics,
                                    result.config or {}, result.checkpoint, error))
@@ -83,7 +89,7 @@ def results_table(trials: list[TrialSummary], spec: SweepSpec) -> str:
              f"{'rank':<5}{'trial':<10}{metric:>9}{'test_acc':>9}{'epochs':>8}  " + "  ".join(f"{n:>9}" for n in shown)]
     for rank, trial in enumerate(winners(trials)[:TOP], 1):
         test = f"{trial.test['test_acc']:>9.4f}" if trial.test else f"{'-':>9}"
-        values = "  ".join(f"{_short(trial.config.get(n)):>9}" for n in shown)
+        values = "  ".join(f"{short(trial.config.get(n), 4):>9}" for n in shown)
         lines.append(f"{rank:<5}{trial.trial_id:<10}{trial.metrics[metric]:>9.4f}{test}{trial.metrics['epoch']:>8}  "
                      f"{values}")
     lines += [f"{t.outcome}: {t.trial_id}" + (f"  ({t.error})" if t.error else "")
@@ -102,7 +108,3 @@ def print_summary(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTra
     print(f"\nbest student: {student}  (gkd_tune.models.load_student; also the best run's checkpoint/student.pt "
           f"artifact in MLflow)")
     print(f"MLflow: {mlflow_ui_hint(spec.tracking.uri, tracker.experiment_id)}")
-
-
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

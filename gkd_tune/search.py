@@ -64,8 +64,8 @@ def sweep_storage(spec: SweepSpec) -> SweepStorage:
     return SweepStorage.for_sweep(spec.storage_path, spec.name)
 
 
-def plan(spec: SweepSpec) -> str:
-    """The resolved sweep, printed before it starts and by --dry-run (warnings: `plan_warnings`)."""
+def plan(spec: SweepSpec) -> tuple[str, list[str]]:
+    """(the resolved sweep, its warnings): printed before it starts and by --dry-run."""
     from .strategy import schedule_diagnostics
 
     def listing(values: dict) -> str:
@@ -85,8 +85,8 @@ def plan(spec: SweepSpec) -> str:
     else:
         trials = (f"{spec.trial_count} ({s.num_samples} x the grid), at most {s.max_concurrent_trials} at once; a "
                   f"baseline: no search, no early stopping; {s.max_failures} retries per trial")
-    rung_lines, _ = schedule_diagnostics(spec)
-    return "\n".join([
+    rung_lines, warnings = schedule_diagnostics(spec)
+    text = "\n".join([
         f"sweep      {spec.name}  ({spec.file})",
         f"data       {spec.data.source}  (validation {spec.data.val_fraction:.0%}, stratified)",
         f"teacher    {teacher}",
@@ -102,12 +102,7 @@ def plan(spec: SweepSpec) -> str:
         f"storage    {sweep_storage(spec).location}",
         f"tracking   {spec.tracking.uri}  (experiment {spec.experiment!r})",
     ])
-
-
-def plan_warnings(spec: SweepSpec) -> list[str]:
-    from .strategy import schedule_diagnostics
-
-    return schedule_diagnostics(spec)[1]
+    return text, warnings
 
 
 def prepare_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
@@ -337,7 +332,7 @@ def report_rank_correlations(results, spec: SweepSpec, tracker, scheduler) -> No
         low = rho < SPEARMAN_WARNING
         print(f"  epoch {epoch:>4}: {rho:+.2f}" + ("  warning: ASHA's ranking at this rung is unreliable for this "
                                                   "space" if low else ""))
-    tracker.log_sweep_metrics({f"rung_spearman_e{e}": rho for e, rho in correlations.items() if rho == rho})
+    tracker.log_sweep_metrics({f"rung_spearman_e{e}": rho for e, rho in correlations.items() if math.isfinite(rho)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,8 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_space(args.space).with_overrides(num_samples=args.num_samples, seed=args.seed,
                                                      tracking_uri=args.tracking_uri, storage_path=args.storage_path)
-        print(plan(spec), flush=True)
-        for warning in plan_warnings(spec):
+        text, warnings = plan(spec)
+        print(text, flush=True)
+        for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
         if not (args.address or os.environ.get("RAY_ADDRESS")):  # a Ray started here: can it ever run the trials?
             check_local_resources(spec)
@@ -363,9 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # anything else: one line (the sweep's MLflow run was closed as FAILED)
         if args.debug:
             raise
-        cause = getattr(error, "cause", None) or error  # a Ray task's error: the exception it raised
-        message = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        print(f"error: {type(cause).__name__}: {message}  (--debug shows the traceback)", file=sys.stderr)
+        from .report import error_line
+
+        print(f"error: {error_line(error)}  (--debug shows the traceback)", file=sys.stderr)
         return 1
 
 

@@ -156,7 +156,7 @@ class MlflowTrialLogger(tune.Callback):
         """'t07 b=2.4 inflection=0.31 tau=6': the trial's number and what sets it apart (its id is a tag)."""
         number = str(trial.experiment_tag).split("_", 1)[0]
         varied = [*self.spec.searched(), *self.spec.grid()]
-        values = " ".join(f"{name}={_short(trial.config[name])}" for name in varied if name in trial.config)
+        values = " ".join(f"{name}={short(trial.config[name], 2)}" for name in varied if name in trial.config)
         return f"t{number.zfill(2)} {values}".strip()
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -205,5 +205,6 @@ def beta_curve(schedule, epochs: int):
     return figure
 
 
-def _short(value) -> str:
-    return f"{value:.2g}" if isinstance(value, float) else str(value)
+def short(value, digits: int) -> str:
+    """A parameter value as tables and run names show it: floats to `digits` significant digits."""
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
