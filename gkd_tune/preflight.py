@@ -2,22 +2,29 @@
 what to do, in seconds, instead of a hang or a failure after hours of teacher training.
 
     resources   on a new local Ray: this machine can ever run the teacher task and a trial
+    address     on a Ray cluster given as HOST:PORT: something answers there
     storage     the storage path can be written (a probe file, written and deleted)
     tracking    the MLflow tracking URI works (a sqlite store's folder exists; a server answers)
+
+and, once Ray is up, `wait_for_cluster_resources`: a cluster that does not provide a trial's resources within
+resources.wait_s is named as such, instead of trials pending forever.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import socket
+import time
 import uuid
 from pathlib import Path
 
 from .space import SweepSpec
 from .storage import SweepStorage
 
-# A tracking server that does not answer within this many seconds is reported, not retried for minutes.
-TRACKING_TIMEOUT_S = 10
+# A tracking server or Ray cluster that does not answer within this many seconds is reported, not retried for
+# minutes.
+PROBE_TIMEOUT_S = 10
 
 
 def check_local_resources(spec: SweepSpec, cpus: int | None = None, gpus: int | None = None) -> None:
@@ -38,6 +45,20 @@ def check_local_resources(spec: SweepSpec, cpus: int | None = None, gpus: int | 
                          f"resources.cpu in {spec.file}, or pass --address to run on a Ray cluster")
 
 
+def check_ray_address(address: str, field: str) -> None:
+    """A HOST:PORT cluster address answers a TCP connection: Ray itself retries a dead one for many minutes.
+    ("auto", "local" and ray:// addresses are left to Ray.)"""
+    if address.count(":") != 1 or "://" in address:
+        return
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{field}: no Ray cluster answers at {address} ({error or type(error).__name__}): check the "
+                         f"address and that the cluster is up (`ray status` on its head), or leave it out to run on "
+                         f"this machine") from None
+
+
 def check_storage(storage: SweepStorage) -> None:
     """Write and delete a probe file in the storage path (creating the folder, as Ray Tune would)."""
     probe = f".gkd-tune-probe-{uuid.uuid4().hex[:8]}"
@@ -54,7 +75,7 @@ def check_storage(storage: SweepStorage) -> None:
 
 def check_tracking(uri: str) -> None:
     """The tracking URI can be used: a sqlite store's folder must exist (MLflow would create it silently), other
-    stores must answer a search within TRACKING_TIMEOUT_S."""
+    stores must answer a search within PROBE_TIMEOUT_S."""
     if uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///"):]).expanduser().resolve().parent
         if not folder.is_dir():
@@ -62,7 +83,7 @@ def check_tracking(uri: str) -> None:
         return
     from mlflow.tracking import MlflowClient
 
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(TRACKING_TIMEOUT_S)}
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S)}
     saved = {name: os.environ.get(name) for name in quick}
     os.environ.update(quick)  # for this probe only: the sweep itself keeps MLflow's retries
     try:
@@ -76,3 +97,46 @@ def check_tracking(uri: str) -> None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def wait_for_cluster_resources(spec: SweepSpec, report_every_s: float = 60.0) -> None:
+    """Wait until the Ray cluster can place the teacher task (resources.cpu CPUs and ceil(resources.gpu) GPUs, which
+    also fits a trial), at most resources.wait_s seconds.
+
+    The request is a placement group, which an autoscaler sees as demand and starts a worker for: minutes on a
+    cloud. A cluster that never provides it (no worker type offers it, a cloud quota of 0) would otherwise leave the
+    teacher task and every trial pending with no end; here it is one error naming what is missing.
+    """
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    gpus = math.ceil(spec.resources.gpu)
+    bundle = {"CPU": spec.resources.cpu, **({"GPU": float(gpus)} if gpus else {})}
+    wanted = f"{spec.resources.cpu:g} CPU" + (f" + {gpus} GPU" if gpus else "")
+    timeout_s = spec.resources.wait_s
+    group = placement_group([bundle])
+    started = time.monotonic()
+    try:
+        if group.wait(timeout_seconds=1):
+            return
+        print(f"waiting for the Ray cluster to provide {wanted} on one node (it has {cluster_size()}; an autoscaler "
+              f"may be starting a worker); giving up after {timeout_s:g} s (resources.wait_s)", flush=True)
+        while (left := timeout_s - (time.monotonic() - started)) > 0:
+            if group.wait(timeout_seconds=max(1, min(report_every_s, left))):
+                return
+            print(f"  still waiting for {wanted} after {time.monotonic() - started:.0f} s "
+                  f"(the cluster has {cluster_size()})", flush=True)
+        raise ValueError(
+            f"resources: the Ray cluster did not provide {wanted} on one node within {timeout_s:g} s (it has "
+            f"{cluster_size()}): check that a worker type offers them and can start (`ray status`, the cloud's "
+            f"quotas), lower resources in {spec.file}, or raise resources.wait_s")
+    finally:
+        remove_placement_group(group)
+
+
+def cluster_size() -> str:
+    import ray
+
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    total = ray.cluster_resources()
+    return (f"{total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU on {len(nodes)} node"
+            + ("s" if len(nodes) != 1 else ""))

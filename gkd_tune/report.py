@@ -8,16 +8,17 @@ from pathlib import Path
 
 from .files import STUDENT_FILE
 from .space import SweepSpec
-from .strategy import COMPLETED, DIVERGED, FAILED, STOPPED, trial_outcome
-from .tracking import SweepTracker, short
+from .strategy import COMPLETED, DIVERGED, FAILED, SETUP_ERROR, STOPPED, error_line, trial_outcome
+from .tracking import VIEW_KEY, SweepTracker, short
 
 TOP = 5
 
 
 def mlflow_ui_hint(uri: str, experiment_id: str) -> str:
     """How to look at the sweep's runs: a tracking server is already a UI; a store needs `mlflow ui`."""
-    # the runs table in "Model training" mode; MLflow 3's bare experiment page opens its GenAI overview instead
-    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    # the runs table in "Model training" mode, in the sweep's saved view (tracking.VIEW_KEY: trials grouped by
+    # outcome, accuracies as columns); MLflow 3's bare experiment page opens its GenAI overview instead
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
     if uri.startswith(("http://", "https://")):
         return f"open {uri.rstrip('/')}/{page} (on a cluster through the tunnel: see cluster/README.md)"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -47,19 +48,12 @@ class TrialSummary:
     test: dict | None = None  # test_loss, test_acc: filled for the top-k after the sweep
 
 
-def error_line(error: BaseException) -> str:
-    """'Type: first line of the message' of an exception; of a Ray task's error, of the exception it raised."""
-    cause = getattr(error, "cause", None) or error
-    message = str(cause).strip()
-    return f"{type(cause).__name__}: {message.splitlines()[0] if message else ''}"
-
-
 def summarise(results, spec: SweepSpec) -> list[TrialSummary]:
     """Every trial of a ResultGrid with its outcome, completed ones first, best first (by the last epoch's metric)."""
     trials = []
     for result in results:
         metrics = result.metrics or {}
-        error = error_line(result.error) if result.error else None
+        error = error_line(result.error) if result.error else metrics.get(SETUP_ERROR)
         outcome = trial_outcome(metrics, spec.search.metric, spec.training.max_epochs, result.error is not None)
         trials.append(TrialSummary(metrics.get("trial_id") or result.path.rsplit("/", 1)[-1], outcome, metrics,
                                    result.config or {}, result.checkpoint, error))

@@ -26,7 +26,8 @@ from filelock import FileLock, Timeout
 from .data import DataSourceError
 from .files import TEACHER_FILE, cache_root
 from .params import declared_values
-from .preflight import check_local_resources, check_storage, check_tracking
+from .preflight import (check_local_resources, check_ray_address, check_storage, check_tracking,
+                        wait_for_cluster_resources)
 from .space import TRIAL_PARAMS, SpaceError, SweepSpec, load_space, tune_space
 from .storage import SweepStorage
 
@@ -34,7 +35,7 @@ EXIT_INTERRUPTED = 130
 SPACE_FILE = "space.yaml"  # the space file a sweep started with, in its storage folder: what --resume compares
 # What --resume --accept-changes may change: how trials are run and reported, never what a trial computes.
 SAFE_TO_CHANGE = {"search.max_concurrent_trials", "search.max_failures", "search.test_top_k", "resources.cpu",
-                  "resources.gpu", "tracking.uri", "storage_path"}
+                  "resources.gpu", "resources.wait_s", "tracking.uri", "storage_path"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +95,8 @@ def plan(spec: SweepSpec) -> tuple[str, list[str]]:
         f"training   {listing(training)}  (max_epochs: ASHA's max_t)",
         f"trials     {trials}",
         "rungs      " + "\n           ".join(rung_lines),
-        f"resources  {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU per trial",
+        f"resources  {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU per trial (a cluster has "
+        f"{spec.resources.wait_s:g} s to provide them)",
         f"searched\n{searched or '  (nothing)'}",
         *([f"grid       {listing({k: list(d.values) for k, d in spec.grid().items()})}"] if spec.grid() else []),
         f"fixed      {listing(spec.fixed())}",
@@ -156,16 +158,29 @@ def run(args: argparse.Namespace, spec: SweepSpec) -> int:
                              f"--resume, or give another name / --storage-path")
         if args.resume:
             check_unchanged(spec, storage, args.accept_changes)
-        else:
-            storage.put(Path(spec.file), SPACE_FILE)
-        # address None: RAY_ADDRESS if set (`ray job submit` sets it), else a new local Ray
-        ray.init(address=args.address, include_dashboard=False)
+        connect_to_ray(args.address)
         try:
+            wait_for_cluster_resources(spec)
+            if not args.resume:
+                storage.put(Path(spec.file), SPACE_FILE)
             return sweep(args, spec, storage)
         finally:
             ray.shutdown()  # on a cluster: disconnects; the cluster stays
     finally:
         lock.release()
+
+
+def connect_to_ray(address: str | None) -> None:
+    """--address, else RAY_ADDRESS (`ray job submit` sets it), else a new Ray on this machine: "local", because
+    Ray's own default would join whatever `ray start` last recorded here, or fail on a cluster that has died."""
+    import ray
+
+    address = address or ("local" if not os.environ.get("RAY_ADDRESS") else None)
+    try:
+        ray.init(address=address, include_dashboard=False)
+    except ConnectionError as error:
+        raise ValueError(f"{'--address' if address else 'RAY_ADDRESS'}: {error}: check that the cluster is up "
+                         f"(`ray status` on its head), or leave it out to run on this machine") from None
 
 
 def sweep_lock(storage: SweepStorage) -> FileLock:
@@ -344,7 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         print(text, flush=True)
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
-        if not (args.address or os.environ.get("RAY_ADDRESS")):  # a Ray started here: can it ever run the trials?
+        cluster = args.address or os.environ.get("RAY_ADDRESS")
+        if cluster:
+            check_ray_address(cluster, "--address" if args.address else "RAY_ADDRESS")
+        else:  # a Ray started here: can it ever run the trials?
             check_local_resources(spec)
         check_tracking(spec.tracking.uri)
         if args.dry_run:
@@ -359,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # anything else: one line (the sweep's MLflow run was closed as FAILED)
         if args.debug:
             raise
-        from .report import error_line
+        from .strategy import error_line
 
         print(f"error: {error_line(error)}  (--debug shows the traceback)", file=sys.stderr)
         return 1

@@ -105,6 +105,9 @@ class SearchSettings:
 class Resources:
     cpu: float = setting(1.0, "CPUs per trial", low=0, above_low=True)
     gpu: float = setting(0.0, "GPUs per trial (a fraction shares one)", low=0)
+    # an autoscaler starting a GPU worker (instance boot, a multi-GB image pull) takes minutes, not an hour
+    wait_s: float = setting(1800.0, "seconds to wait for the Ray cluster to provide a trial's resources before "
+                                    "giving up", low=0, above_low=True)
 
     def __post_init__(self):
         check(self)

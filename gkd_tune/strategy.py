@@ -7,7 +7,8 @@ A trial's outcome is data, decided once here (`trial_outcome`) and used by Optun
     completed        reached max_epochs with a finite metric       Optuna COMPLETE, with the last value
     stopped_by_asha  stopped early by ASHA                          Optuna PRUNED (ranked by its last report)
     diverged         its metric or loss is NaN or infinite          Optuna FAIL
-    failed           raised (after its retries)                     Optuna FAIL
+    failed           raised (after its retries), or could not be     Optuna FAIL
+                     set up (reported as SETUP_ERROR, not retried)
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from ray.tune.search.optuna import OptunaSearch
 from .space import Distribution, SweepSpec
 
 COMPLETED, STOPPED, DIVERGED, FAILED = "completed", "stopped_by_asha", "diverged", "failed"
+# A trial whose set-up fails for a reason that a retry cannot change (its configuration, its data, the teacher file
+# not fitting) reports this key with the error and ends, instead of raising: Tune would retry it max_failures times.
+SETUP_ERROR = "setup_error"
 # A schedule "has not risen" while beta is below this share of its rise: ASHA then judges plain CE training.
 RISE_SHARE = 0.1
 # Above this share of sampled schedules not risen at a rung (or never rising), the plan warns.
@@ -36,12 +40,19 @@ def _finite(value) -> bool:
 
 
 def trial_outcome(last_result: dict | None, metric: str, max_epochs: int, errored: bool) -> str:
-    if errored:
-        return FAILED
     result = last_result or {}
+    if errored or result.get(SETUP_ERROR):
+        return FAILED
     if metric in result and not (_finite(result[metric]) and _finite(result.get("loss_total", 0.0))):
         return DIVERGED
     return COMPLETED if result.get("epoch", 0) >= max_epochs else STOPPED
+
+
+def error_line(error: BaseException) -> str:
+    """'Type: first line of the message' of an exception; of a Ray task's error, of the exception it raised."""
+    cause = getattr(error, "cause", None) or error
+    message = str(cause).strip()
+    return f"{type(cause).__name__}: {message.splitlines()[0] if message else ''}"
 
 
 class ScheduleAwareOptunaSearch(OptunaSearch):

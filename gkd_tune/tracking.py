@@ -11,6 +11,7 @@ skips epochs already logged, so a trial re-running an epoch after a restore leav
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -20,15 +21,38 @@ from ray import tune
 
 from .files import STUDENT_FILE
 from .space import SweepSpec, run_params, sweep_params, trial_configs
-from .strategy import DIVERGED, FAILED, trial_outcome
+from .strategy import DIVERGED, FAILED, SETUP_ERROR, trial_outcome
 
 SWEEP_TAG = "gkd_tune.sweep_dir"
 SWEEP_KEY_TAG = "gkd_tune.sweep_key"
 TRIAL_TAG = "gkd_tune.trial_id"
 OUTCOME_TAG = "gkd_tune.outcome"  # strategy.trial_outcome
 TESTED_TAG = "gkd_tune.tested"
+ERROR_TAG = "gkd_tune.error"  # a failed trial's error, one line
 LOGGED_METRICS = ("beta", "lr", "train_acc", "val_acc", "val_loss", "test_acc", "test_loss", "epoch_time_s",
                   "images_per_s")
+
+
+# The experiment's saved view ("Views" in MLflow's runs page), which the printed link opens: trials grouped by
+# outcome, best val_acc first, the searched parameters and the accuracies as columns, one chart line per trial.
+# MLflow 3.17's UI keeps saved views as experiment tags holding this envelope; child runs otherwise sit collapsed
+# under the sweep's run with every metric column hidden.
+VIEW_KEY = "gkd-tune"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+
+
+def saved_view(spec: SweepSpec) -> str:
+    columns = ([f"metrics.`{m}`" for m in (spec.search.metric, "test_acc", "epoch_time_s")]
+               + [f"params.`{name}`" for name in [*spec.searched(), *spec.grid()]] + ["tags.`epochs_run`"])
+    state = {
+        "searchFilter": "", "orderByKey": f"metrics.`{spec.search.metric}`", "orderByAsc": spec.mode == "min",
+        "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+        "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL", "useGroupedValuesInCharts": False,
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": OUTCOME_TAG}]},
+    }
+    now = int(time.time() * 1000)
+    return json.dumps({"name": "gkd-tune: trials by outcome", "createdAt": now, "updatedAt": now,
+                       "state": json.dumps(state)})
 
 
 class SweepTracker:
@@ -49,6 +73,7 @@ class SweepTracker:
         else:
             self.parent_id = self.client.create_run(self.experiment_id, run_name=spec.name,
                                                     tags={SWEEP_TAG: sweep_location, SWEEP_KEY_TAG: key}).info.run_id
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, saved_view(spec))
 
     def log_start(self, teacher_metadata: dict) -> None:
         self.client.log_artifact(self.parent_id, self.spec.file, "space")
@@ -88,12 +113,12 @@ class SweepTracker:
         self.client.set_tag(self.parent_id, "mlflow.note.content", markdown)
 
     def finish(self, status: str, best_trial: str | None = None, best_value: float | None = None) -> None:
-        """End the parent run; on an interrupted or failed sweep, trial runs still RUNNING become KILLED."""
-        if status != "FINISHED":
-            running = self.client.search_runs(
-                [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}' and attributes.status = 'RUNNING'")
-            for run in running:
-                self.client.set_terminated(run.info.run_id, "KILLED")
+        """End the parent run. Trial runs still RUNNING become KILLED: those of an interrupted or failed sweep, and
+        any a killed driver left open (its trials, restored by --resume, reopen their runs and close them)."""
+        running = self.client.search_runs(
+            [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}' and attributes.status = 'RUNNING'")
+        for run in running:
+            self.client.set_terminated(run.info.run_id, "KILLED")
         if best_trial is not None:
             self.client.set_tag(self.parent_id, "best_trial", best_trial)
             self.client.log_metric(self.parent_id, f"best_{self.spec.search.metric}", best_value)
@@ -180,12 +205,18 @@ class MlflowTrialLogger(tune.Callback):
                 self.client.log_artifact(run_id, str(Path(directory) / STUDENT_FILE), "checkpoint")
         spec = self.tracker.spec
         outcome = trial_outcome(trial.last_result, spec.search.metric, spec.training.max_epochs, errored=False)
-        self.client.log_batch(run_id, tags=[RunTag(OUTCOME_TAG, outcome), RunTag("epochs_run", str(last))])
-        self.client.set_terminated(run_id, "FINISHED" if outcome != DIVERGED else "FAILED")
+        tags = [RunTag(OUTCOME_TAG, outcome), RunTag("epochs_run", str(last))]
+        if trial.last_result.get(SETUP_ERROR):
+            tags.append(RunTag(ERROR_TAG, trial.last_result[SETUP_ERROR]))
+        self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, "FAILED" if outcome in (DIVERGED, FAILED) else "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id, _ = self.run_for(trial)
         self.client.set_tag(run_id, OUTCOME_TAG, FAILED)
+        if trial.error_file and Path(trial.error_file).exists():  # Tune keeps the error as text: its last line
+            lines = [line for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
+            self.client.set_tag(run_id, ERROR_TAG, lines[-1][:500] if lines else "")
         self.client.set_terminated(run_id, "FAILED")
 
 

@@ -22,6 +22,7 @@ from .loop import Trainer, default_device, evaluate, evaluation_loader
 from .models import build_model, load_model, save_model
 from .space import SweepSpec, run_params, trial_configs
 from .storage import SweepStorage
+from .strategy import SETUP_ERROR, error_line
 from .teacher import obtain_teacher
 
 def provide_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
@@ -38,17 +39,11 @@ def provide_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
 
 def train_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
-    distill_config, train_config = trial_configs(spec, config)
-    splits = load_splits(spec.data.source, spec.data.val_fraction)
-    teacher = None
-    if distill_config.method != "student":
-        with tempfile.TemporaryDirectory() as directory:
-            teacher_file = storage.get(TEACHER_FILE, Path(directory) / TEACHER_FILE)
-            teacher, _ = load_model(teacher_file, spec.teacher.arch, splits.num_classes)
-    torch.manual_seed(train_config.seed)
-    student = build_model(spec.student, splits.num_classes)
-    trainer = Trainer(build_distiller(distill_config, student, teacher), splits, train_config)
-
+    try:
+        trainer = set_up_trial(config, spec, storage)
+    except ValueError as error:  # configuration, data (DataSourceError), teacher file: the same on every retry
+        report_setup_failure(spec, error)
+        return
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -65,6 +60,25 @@ def train_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
             tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     trainer.run(report)
+
+
+def set_up_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> Trainer:
+    distill_config, train_config = trial_configs(spec, config)
+    splits = load_splits(spec.data.source, spec.data.val_fraction)
+    teacher = None
+    if distill_config.method != "student":
+        with tempfile.TemporaryDirectory() as directory:
+            teacher_file = storage.get(TEACHER_FILE, Path(directory) / TEACHER_FILE)
+            teacher, _ = load_model(teacher_file, spec.teacher.arch, splits.num_classes)
+    torch.manual_seed(train_config.seed)
+    student = build_model(spec.student, splits.num_classes)
+    return Trainer(build_distiller(distill_config, student, teacher), splits, train_config)
+
+
+def report_setup_failure(spec: SweepSpec, error: Exception) -> None:
+    """End the trial as failed without raising, so Tune does not retry what a retry cannot change. The metric is
+    NaN (Tune requires it in every result); strategy.trial_outcome reads SETUP_ERROR as `failed`."""
+    tune.report({spec.search.metric: float("nan"), "epoch": 0, SETUP_ERROR: error_line(error)})
 
 
 def evaluate_on_test_split(spec: SweepSpec, checkpoint: tune.Checkpoint) -> dict | None:

@@ -49,3 +49,28 @@ def test_unwritable_storage_and_unusable_tracking(tmp_path):
     with pytest.raises(ValueError, match=r"tracking.uri: bogus://x cannot be used"):
         check_tracking("bogus://x")
     check_tracking(f"sqlite:///{tmp_path}/m.db")
+
+
+@pytest.mark.slow
+def test_a_cluster_that_does_not_provide_a_trials_resources_in_time_is_named_not_waited_on_forever(capsys):
+    import time
+
+    import ray
+
+    from gkd_tune.preflight import wait_for_cluster_resources
+
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False)
+    try:
+        wait_for_cluster_resources(spec(cpu=2))  # provided at once: silent
+        assert capsys.readouterr().out == ""
+        started = time.time()
+        gpu_sweep = parse_space({"name": "s", "resources": {"cpu": 1, "gpu": 0.5, "wait_s": 3}}, "x.yaml")
+        with pytest.raises(ValueError, match=r"resources: the Ray cluster did not provide 1 CPU \+ 1 GPU on one node "
+                                             r"within 3 s \(it has 2 CPU, 0 GPU on 1 node\): check that a worker"):
+            wait_for_cluster_resources(gpu_sweep, report_every_s=1)
+        assert time.time() - started < 15
+        out = capsys.readouterr().out
+        assert "waiting for the Ray cluster to provide 1 CPU + 1 GPU on one node" in out and "still waiting" in out
+        wait_for_cluster_resources(spec(cpu=2))  # the request was withdrawn: the CPUs are free again
+    finally:
+        ray.shutdown()

@@ -10,12 +10,12 @@ def test_a_sqlite_store_needs_mlflow_ui_with_an_absolute_path(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     hint = mlflow_ui_hint("sqlite:///mlflow.db", "3")
     assert hint.startswith(f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db ")
-    assert hint.endswith("http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning")
+    assert hint.endswith("http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=gkd-tune")
 
 
 def test_a_tracking_server_is_already_the_ui():
     hint = mlflow_ui_hint("http://127.0.0.1:5000/", "7")
-    assert hint.startswith("open http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning")
+    assert hint.startswith("open http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=gkd-tune")
     assert "cluster/README.md" in hint
     assert "mlflow ui" not in hint
 
