@@ -5,7 +5,9 @@ gkd-tune, and torch only when a file is saved.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 
 # In a sweep's storage folder (storage.SweepStorage): the teacher every trial reads.
@@ -13,6 +15,8 @@ TEACHER_FILE = "teacher.pt"
 # In each Ray Tune checkpoint of a trial: the full trainer state (to continue) and the student alone (to use).
 TRAINER_FILE = "trainer.pt"
 STUDENT_FILE = "student.pt"
+# A failed save with less free space than this on its device is reported as a full disk.
+DISK_FULL_BYTES = 1 << 20
 
 
 def cache_root() -> Path:
@@ -32,5 +36,11 @@ def save_atomically(obj, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
-    torch.save(obj, partial)
-    os.replace(partial, path)
+    try:
+        torch.save(obj, partial)
+        os.replace(partial, path)
+    except (OSError, RuntimeError) as error:  # torch reports a full disk as an "unexpected pos" RuntimeError
+        partial.unlink(missing_ok=True)
+        if shutil.disk_usage(path.parent).free < DISK_FULL_BYTES:
+            raise OSError(errno.ENOSPC, f"no space left on the device of {path.parent} (writing {path.name})") from error
+        raise

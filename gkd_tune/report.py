@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .files import STUDENT_FILE
 from .space import SweepSpec
-from .strategy import COMPLETED, DIVERGED, FAILED, SETUP_ERROR, STOPPED, error_line, trial_outcome
+from .errors import error_line
+from .strategy import COMPLETED, DIVERGED, FAILED, SETUP_ERROR, STOPPED, trial_outcome
 from .tracking import VIEW_KEY, SweepTracker, short
 
 TOP = 5

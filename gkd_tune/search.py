@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # anything else: one line (the sweep's MLflow run was closed as FAILED)
         if args.debug:
             raise
-        from .strategy import error_line
+        from .errors import error_line
 
         print(f"error: {error_line(error)}  (--debug shows the traceback)", file=sys.stderr)
         return 1

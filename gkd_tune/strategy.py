@@ -48,13 +48,6 @@ def trial_outcome(last_result: dict | None, metric: str, max_epochs: int, errore
     return COMPLETED if result.get("epoch", 0) >= max_epochs else STOPPED
 
 
-def error_line(error: BaseException) -> str:
-    """'Type: first line of the message' of an exception; of a Ray task's error, of the exception it raised."""
-    cause = getattr(error, "cause", None) or error
-    message = str(cause).strip()
-    return f"{type(cause).__name__}: {message.splitlines()[0] if message else ''}"
-
-
 class ScheduleAwareOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch, except that Optuna learns each trial's real outcome (see the module's table).
 

@@ -1,9 +1,9 @@
 """One distillation run, no Ray: teacher (cached or trained), student, method, epochs -> a directory of results.
 
-    python -m gkd_tune.train --dataset digits --teacher resnet20 --student resnet8 --method gompertz \\
-        --epochs 3 --out runs/digits-gompertz
+    python -m gkd_tune.train --source digits --teacher-arch resnet20 --student resnet8 --method gompertz \\
+        --max-epochs 3 --out runs/digits-gompertz
 
-writes to --out: student.pt (the final student, for gkd_tune.models.load_model), metrics.json (one row per
+writes to --out: student.pt (the final student, for gkd_tune.models.load_student), metrics.json (one row per
 epoch), checkpoint.pt (the full training state after the last epoch; --resume continues from it) and config.json.
 """
 
@@ -19,6 +19,7 @@ import torch
 
 from .data import DataSourceError, DataSpec, load_splits
 from .distill import DistillConfig, build_distiller
+from .errors import error_line
 from .files import STUDENT_FILE
 from .loop import Trainer, TrainConfig
 from .models import MODELS, build_model, save_model
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, required=True, help="directory for the checkpoint and metrics")
     run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     run.add_argument("--test", action="store_true", help="also evaluate the test split every epoch")
+    run.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     add_flags(parser.add_argument_group("data"), DataSpec)
     teacher = parser.add_argument_group("teacher (for kd and gompertz)")
     add_flags(teacher, TeacherSpec, prefix="teacher-")
@@ -52,7 +54,22 @@ def format_epoch(metrics: dict, planned: int) -> str:
             f"val acc {metrics['val_acc']:.4f}  {metrics['epoch_time_s']:.1f}s ({metrics['images_per_s']:.0f} img/s)")
 
 
+def check_out(out: Path, resume: bool) -> Path:
+    """--out before any work: a folder (made if missing), holding no earlier run unless --resume continues it."""
+    checkpoint = out / "checkpoint.pt"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder")
+    if resume and not checkpoint.exists():
+        raise ValueError(f"--resume: no checkpoint at {checkpoint}")
+    if not resume and checkpoint.exists():
+        raise ValueError(f"--out {out}: holds a run already ({checkpoint}): continue it with --resume, or give "
+                         f"another --out")
+    return checkpoint
+
+
 def run(args: argparse.Namespace) -> Path:
+    out: Path = args.out
+    checkpoint = check_out(out, args.resume)
     data = from_flags(args, DataSpec)
     distill_config = from_flags(args, DistillConfig)
     train_config = replace(from_flags(args, TrainConfig), evaluate_test=args.test)
@@ -71,13 +88,13 @@ def run(args: argparse.Namespace) -> Path:
     student = build_model(args.student, splits.num_classes)
     trainer = Trainer(build_distiller(distill_config, student, teacher), splits, train_config)
 
-    out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint = out / "checkpoint.pt"
     if args.resume:
-        if not checkpoint.exists():
-            raise ValueError(f"--resume: no checkpoint at {checkpoint}")
-        trainer.load(checkpoint)
+        try:
+            trainer.load(checkpoint)
+        except Exception as error:  # truncated, not a checkpoint, or another run's (other models or method)
+            raise ValueError(f"--resume: {checkpoint} cannot be loaded ({error_line(error)}): resume with the flags "
+                             f"of the run that wrote it, or start over with another --out") from None
         print(f"resumed from {checkpoint} after epoch {trainer.epoch}")
     (out / "config.json").write_text(json.dumps({
         "student": args.student, "data": asdict(data), "teacher": asdict(teacher_spec) if teacher_spec else None,
@@ -105,6 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     except (DataSourceError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        saved = (args.out / "checkpoint.pt").exists()
+        print("\ninterrupted: " + ("continue with the same command and --resume (the last finished epoch is saved)"
+                                   if saved else "no epoch finished, nothing to resume"), file=sys.stderr)
+        return 130
+    except Exception as error:  # a full disk, a lost file system ...: one line
+        if args.debug:
+            raise
+        print(f"error: {error_line(error)}  (--debug shows the traceback)", file=sys.stderr)
+        return 1
     print(f"student: {out / STUDENT_FILE}\nmetrics: {out / 'metrics.json'}")
     return 0
 

@@ -17,12 +17,13 @@ from ray import tune
 
 from .data import load_splits
 from .distill import Distiller, build_distiller
+from .errors import error_line
 from .files import STUDENT_FILE, TEACHER_FILE, TRAINER_FILE
 from .loop import Trainer, default_device, evaluate, evaluation_loader
 from .models import build_model, load_model, save_model
 from .space import SweepSpec, run_params, trial_configs
 from .storage import SweepStorage
-from .strategy import SETUP_ERROR, error_line
+from .strategy import SETUP_ERROR
 from .teacher import obtain_teacher
 
 def provide_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:

@@ -6,7 +6,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "gkd_tune"
 # Bottom to top, in the order data flows (see docs/method.md, "Code layout").
 LAYERS = [
-    {"files", "params", "storage"},  # file names and I/O, the parameter schema, the sweep's shared folder
+    # file names and I/O, the parameter schema, the sweep's shared folder, errors as one line
+    {"files", "params", "storage", "errors"},
     {"data"},
     {"models"},
     {"schedules", "sinkhorn", "losses"},

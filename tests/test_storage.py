@@ -33,3 +33,28 @@ def test_missing_file_is_named(tmp_path):
     storage = SweepStorage.for_sweep(str(tmp_path), "sweep")
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}/sweep/teacher.pt does not exist"):
         storage.get("teacher.pt", tmp_path / "t.pt")
+
+
+def test_a_save_on_a_full_disk_says_so_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import pytest
+    import torch
+
+    from gkd_tune import files
+
+    def torch_on_a_full_disk(obj, path):
+        open(path, "wb").write(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 57216 vs 57112")
+
+    monkeypatch.setattr(torch, "save", torch_on_a_full_disk)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10, 10, 0))
+    with pytest.raises(OSError, match=r"no space left on the device of .* \(writing trainer.pt\)") as raised:
+        files.save_atomically({}, tmp_path / "trainer.pt")
+    assert raised.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10, 0, 10 << 30))  # space left: the error itself
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        files.save_atomically({}, tmp_path / "trainer.pt")

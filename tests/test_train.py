@@ -46,6 +46,24 @@ def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
     assert err.startswith(message) and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("prepare, resume, message", [
+    (lambda out: out.write_text("a file"), False, r"error: --out \S+/x: is a file, not a folder$"),
+    (lambda out: (out.mkdir(), (out / "checkpoint.pt").write_text("")), False,
+     r"error: --out \S+/x: holds a run already \(\S+/checkpoint.pt\): continue it with --resume, or give another"),
+    (lambda out: (out.mkdir(), (out / "checkpoint.pt").write_bytes(b"\x80\x02truncated")), True,
+     r"error: --resume: \S+/checkpoint.pt cannot be loaded \(\w+: .*\): resume with the flags of the run that "),
+])
+def test_an_unusable_out_folder_is_a_one_line_error(tmp_path, capsys, prepare, resume, message):
+    import re
+
+    out = tmp_path / "x"
+    prepare(out)
+    argv = ["--source", "digits", "--student", "resnet8", "--method", "student", "--epochs", "1", "--out", str(out)]
+    assert train.main(argv + (["--resume"] if resume else [])) == 2
+    err = capsys.readouterr().err
+    assert re.match(message, err) and err.count("\n") == 1, err
+
+
 @pytest.mark.slow
 def test_real_cifar10_images_lift_every_method_well_above_chance(shared_cifar10):
     # 5,000 training / 5,000 validation images of the real CIFAR-10 sample; chance is 10%
