@@ -3,9 +3,23 @@ lines print it for an unexpected error (a traceback only with --debug); trials a
 
 from __future__ import annotations
 
+import sys
+
 
 def error_line(error: BaseException) -> str:
     """'Type: first line of the message' of an exception; of a Ray task's error, of the exception it raised."""
     cause = getattr(error, "cause", None) or error
     message = str(cause).strip()
     return f"{type(cause).__name__}: {message.splitlines()[0] if message else ''}"
+
+
+def exit_with_one_line(error: Exception, debug: bool) -> int:
+    """A command line's last word on an error: bad input (a ValueError, which SpaceError and DataSourceError are)
+    is its message and exit code 2; anything else one line and exit code 1, or its traceback with --debug."""
+    if isinstance(error, ValueError):
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if debug:
+        raise error
+    print(f"error: {error_line(error)}  (--debug shows the traceback)", file=sys.stderr)
+    return 1

@@ -140,3 +140,13 @@ def cluster_size() -> str:
     total = ray.cluster_resources()
     return (f"{total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU on {len(nodes)} node"
             + ("s" if len(nodes) != 1 else ""))
+
+
+def check_before_ray(spec: SweepSpec, address: str | None) -> None:
+    """Before Ray starts: a given cluster answers, or this machine can run the trials; the tracking URI works."""
+    cluster = address or os.environ.get("RAY_ADDRESS")
+    if cluster:
+        check_ray_address(cluster, "--address" if address else "RAY_ADDRESS")
+    else:  # a Ray started here: can it ever run the trials?
+        check_local_resources(spec)
+    check_tracking(spec.tracking.uri)

@@ -26,9 +26,9 @@ from filelock import FileLock, Timeout
 from .data import DataSourceError
 from .files import TEACHER_FILE, cache_root
 from .params import declared_values
-from .preflight import (check_local_resources, check_ray_address, check_storage, check_tracking,
-                        wait_for_cluster_resources)
-from .space import TRIAL_PARAMS, SpaceError, SweepSpec, load_space, tune_space
+from .errors import exit_with_one_line
+from .preflight import check_before_ray, check_storage, wait_for_cluster_resources
+from .space import TRIAL_PARAMS, SweepSpec, load_space, tune_space
 from .storage import SweepStorage
 
 EXIT_INTERRUPTED = 130
@@ -146,12 +146,7 @@ def run(args: argparse.Namespace, spec: SweepSpec) -> int:
     if args.resume and not tune.Tuner.can_restore(storage.location):
         raise ValueError(f"--resume: no sweep to continue at {storage.location}")
     check_storage(storage)
-    lock = sweep_lock(storage)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise ValueError(f"a sweep named {spec.name!r} is already running from this machine ({storage.location}): "
-                         f"wait for it to end, or give another name / --storage-path") from None
+    lock = acquire_sweep_lock(storage, f"a sweep named {spec.name!r}")
     try:
         if not args.resume and storage.has_experiment():
             raise ValueError(f"a sweep named {spec.name!r} already exists at {storage.location}: continue it with "
@@ -181,6 +176,16 @@ def connect_to_ray(address: str | None) -> None:
     except ConnectionError as error:
         raise ValueError(f"{'--address' if address else 'RAY_ADDRESS'}: {error}: check that the cluster is up "
                          f"(`ray status` on its head), or leave it out to run on this machine") from None
+
+
+def acquire_sweep_lock(storage: SweepStorage, what: str) -> FileLock:
+    lock = sweep_lock(storage)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(f"{what} is already running from this machine ({storage.location}): wait for it to end, "
+                         f"or give another name / --storage-path") from None
+    return lock
 
 
 def sweep_lock(storage: SweepStorage) -> FileLock:
@@ -359,28 +364,15 @@ def main(argv: list[str] | None = None) -> int:
         print(text, flush=True)
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
-        cluster = args.address or os.environ.get("RAY_ADDRESS")
-        if cluster:
-            check_ray_address(cluster, "--address" if args.address else "RAY_ADDRESS")
-        else:  # a Ray started here: can it ever run the trials?
-            check_local_resources(spec)
-        check_tracking(spec.tracking.uri)
+        check_before_ray(spec, args.address)
         if args.dry_run:
             return 0
         return run(args, spec)
-    except (SpaceError, DataSourceError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:  # before the trials started (Tune handles Ctrl-C itself once they run)
         print("\ninterrupted before any trial started; nothing to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as error:  # anything else: one line (the sweep's MLflow run was closed as FAILED)
-        if args.debug:
-            raise
-        from .errors import error_line
-
-        print(f"error: {error_line(error)}  (--debug shows the traceback)", file=sys.stderr)
-        return 1
+    except Exception as error:  # one line (the sweep's MLflow run was closed as FAILED)
+        return exit_with_one_line(error, args.debug)
 
 
 if __name__ == "__main__":

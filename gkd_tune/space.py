@@ -355,6 +355,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_space(path: Path | str) -> SweepSpec:
+    return parse_space(read_yaml(path), path)
+
+
+def read_yaml(path: Path | str) -> Any:
+    """A YAML file's contents; any problem reading it is a SpaceError naming the file."""
     path = Path(path)
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
@@ -368,7 +373,7 @@ def load_space(path: Path | str) -> SweepSpec:
         raise SpaceError(path, "file", f"cannot be read: {error.strerror}") from None
     except yaml.YAMLError as error:
         raise SpaceError(path, "file", f"is not valid YAML: {error}".replace("\n", " ")) from None
-    return parse_space(raw, path)
+    return raw
 
 
 def tune_space(spec: SweepSpec) -> dict:

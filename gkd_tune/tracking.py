@@ -165,15 +165,23 @@ class MlflowTrialLogger(tune.Callback):
             run_id = self.client.create_run(
                 self.tracker.experiment_id, run_name=self.run_name(trial),
                 tags={"mlflow.parentRunId": self.tracker.parent_id, TRIAL_TAG: trial.trial_id}).info.run_id
-            self._log_trial_setup(run_id, trial.config)
+            self._log_trial_setup(run_id, trial)
             last = 0
         self.runs[trial.trial_id] = (run_id, last)
         return run_id, last
 
-    def _log_trial_setup(self, run_id: str, config: dict) -> None:
-        spec = self.tracker.spec
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in run_params(spec, config).items()])
-        distill_config, train_config = trial_configs(spec, config)
+    def spec_of(self, trial) -> SweepSpec:
+        """The spec a trial was run with (one per sweep; a reproduction has one per pair and method)."""
+        return self.spec
+
+    def values_of(self, trial) -> dict:
+        """The trial's own values, on top of its spec's fixed ones."""
+        return trial.config
+
+    def _log_trial_setup(self, run_id: str, trial) -> None:
+        spec, values = self.spec_of(trial), self.values_of(trial)
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in run_params(spec, values).items()])
+        distill_config, train_config = trial_configs(spec, values)
         if distill_config.method == "gompertz":
             self.client.log_figure(run_id, beta_curve(distill_config.schedule, train_config.epochs), "beta_curve.png")
 
@@ -203,7 +211,7 @@ class MlflowTrialLogger(tune.Callback):
         if trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as directory:
                 self.client.log_artifact(run_id, str(Path(directory) / STUDENT_FILE), "checkpoint")
-        spec = self.tracker.spec
+        spec = self.spec_of(trial)
         outcome = trial_outcome(trial.last_result, spec.search.metric, spec.training.max_epochs, errored=False)
         tags = [RunTag(OUTCOME_TAG, outcome), RunTag("epochs_run", str(last))]
         if trial.last_result.get(SETUP_ERROR):

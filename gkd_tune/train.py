@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .data import DataSourceError, DataSpec, load_splits
+from .data import DataSpec, load_splits
 from .distill import DistillConfig, build_distiller
-from .errors import error_line
+from .errors import error_line, exit_with_one_line
 from .files import STUDENT_FILE
 from .loop import Trainer, TrainConfig
 from .models import MODELS, build_model, save_model
@@ -119,19 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         out = run(args)
-    except (DataSourceError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         saved = (args.out / "checkpoint.pt").exists()
         print("\ninterrupted: " + ("continue with the same command and --resume (the last finished epoch is saved)"
                                    if saved else "no epoch finished, nothing to resume"), file=sys.stderr)
         return 130
-    except Exception as error:  # a full disk, a lost file system ...: one line
-        if args.debug:
-            raise
-        print(f"error: {error_line(error)}  (--debug shows the traceback)", file=sys.stderr)
-        return 1
+    except Exception as error:  # bad input, a full disk, a lost file system ...: one line
+        return exit_with_one_line(error, args.debug)
     print(f"student: {out / STUDENT_FILE}\nmetrics: {out / 'metrics.json'}")
     return 0
 

@@ -85,13 +85,23 @@ def report_setup_failure(spec: SweepSpec, error: Exception) -> None:
 def evaluate_on_test_split(spec: SweepSpec, checkpoint: tune.Checkpoint) -> dict | None:
     """The test split's loss and accuracy of a trial's final student (a checkpoint's student file), or None when the
     source has no test split. Run once per chosen trial, after the sweep: nothing that selects uses it."""
+    with checkpoint.as_directory() as directory:
+        return test_split_metrics(spec, Path(directory) / STUDENT_FILE, spec.student)
+
+
+def evaluate_teacher_on_test_split(spec: SweepSpec, storage: SweepStorage) -> dict | None:
+    """The same for the teacher in a storage folder (a reproduction's teacher column)."""
+    with tempfile.TemporaryDirectory() as directory:
+        return test_split_metrics(spec, storage.get(TEACHER_FILE, Path(directory) / TEACHER_FILE), spec.teacher.arch)
+
+
+def test_split_metrics(spec: SweepSpec, model_file: Path, arch: str) -> dict | None:
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     splits = load_splits(spec.data.source, spec.data.val_fraction)
     if splits.test is None:
         return None
-    with checkpoint.as_directory() as directory:
-        student, _ = load_model(Path(directory) / STUDENT_FILE, spec.student, splits.num_classes)
+    model, _ = load_model(model_file, arch, splits.num_classes)
     device = default_device()
     loader = evaluation_loader(splits.test, splits.channel_stats(), spec.training.batch_size, device)
-    test_loss, test_acc = evaluate(Distiller(student).to(device), loader)
+    test_loss, test_acc = evaluate(Distiller(model).to(device), loader)
     return {"test_loss": test_loss, "test_acc": test_acc}

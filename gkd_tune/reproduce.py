@@ -1,0 +1,511 @@
+"""Reproduce the paper's Table 2: teacher, student alone, KD and Gompertz for each teacher/student pair, over seeds,
+each cell's test accuracy beside the paper's.
+
+    python -m gkd_tune.reproduce --config reproduce/table2-cifar10.yaml [--epochs N] [--seeds K] [--out DIR]
+
+The grid (pair x method x seed) runs as Ray Tune trials, like a sweep but with no search and no early stopping,
+on this machine or a Ray cluster (--address); each teacher is trained once by a Ray task and shared by its pairs.
+Every trial's student is evaluated once on the test split, after its last epoch. Writes DIR/table.md,
+DIR/runs.parquet (one row per trial and epoch) and DIR/radar.png (the paper's Figure 2), and logs them to one
+MLflow parent run with a child run per trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+import os
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .models import MODELS
+from .space import SpaceError, SweepSpec, parse_space, read_yaml, run_params, trial_configs
+from .storage import SweepStorage
+from .strategy import COMPLETED
+
+METHODS = ("student", "kd", "gompertz")
+PAPER_COLUMNS = ("teacher", *METHODS)
+# The sweep-like sections a configuration shares with a space file (see search_spaces/), and its own keys.
+SHARED_KEYS = ("name", "data", "teacher", "training", "search", "resources", "tracking", "storage_path")
+CONFIG_KEYS = (*SHARED_KEYS, "dataset", "seeds", "pairs", "params", "methods")
+# "Reproduced" when our mean gain of Gompertz over KD is at least this share of the paper's and above its std.
+REPRODUCED_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Pair:
+    teacher: str
+    student: str
+    paper: dict = field(default_factory=dict)  # the paper's accuracy per column (teacher, student, kd, gompertz)
+
+    @property
+    def label(self) -> str:
+        return f"{self.teacher} -> {self.student}"
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    name: str
+    file: str
+    dataset: str
+    pairs: tuple[Pair, ...]
+    methods: tuple[str, ...]
+    seeds: int
+    epochs: int
+    planned_epochs: int  # the configuration's budget; a smaller --epochs is a reduced-budget run
+    specs: dict  # "pair:method" -> the SweepSpec its trials run with
+
+    def spec(self, pair: int, method: str) -> SweepSpec:
+        return self.specs[f"{pair}:{method}"]
+
+    @property
+    def any_spec(self) -> SweepSpec:
+        return next(iter(self.specs.values()))
+
+    def cells(self) -> list[dict]:
+        return [{"pair": i, "method": m, "seed": s, "label": f"{p.label} {m} seed {s}"}
+                for i, p in enumerate(self.pairs) for m in self.methods for s in range(self.seeds)]
+
+
+def load_config(path: Path | str, epochs: int | None = None, seeds: int | None = None) -> Reproduction:
+    """A reproduction configuration, checked like a space file: errors name the file and the field."""
+    raw = read_yaml(path)
+
+    def fail(where: str, problem: str):
+        raise SpaceError(path, where, problem)
+
+    if not isinstance(raw, dict):
+        fail("file", "must be a mapping of " + ", ".join(CONFIG_KEYS))
+    for key in raw:
+        if key not in CONFIG_KEYS:
+            fail(str(key), f"unknown key; allowed: {', '.join(CONFIG_KEYS)}")
+    seeds = raw.get("seeds", 3) if seeds is None else seeds
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= 100:
+        fail("seeds", f"must be a whole number in [1, 100], got {seeds!r}")
+    if not isinstance(raw.get("pairs"), list) or not raw["pairs"]:
+        fail("pairs", "must be a list of {teacher: ARCH, student: ARCH, paper: {...}}")
+    pairs = []
+    for i, item in enumerate(raw["pairs"]):
+        where = f"pairs[{i}]"
+        if not isinstance(item, dict) or set(item) - {"teacher", "student", "paper"}:
+            fail(where, "must be {teacher: ARCH, student: ARCH, paper: {teacher, student, kd, gompertz}}")
+        for role in ("teacher", "student"):
+            if item.get(role) not in MODELS:
+                fail(f"{where}.{role}", f"must be one of {', '.join(MODELS)}, got {item.get(role)!r}")
+        paper = item.get("paper") or {}
+        if not isinstance(paper, dict):
+            fail(f"{where}.paper", f"must be a mapping of {', '.join(PAPER_COLUMNS)} to accuracies")
+        for column, value in paper.items():
+            if column not in PAPER_COLUMNS:
+                fail(f"{where}.paper.{column}", f"unknown column; allowed: {', '.join(PAPER_COLUMNS)}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+                fail(f"{where}.paper.{column}", f"must be an accuracy in [0, 1], got {value!r}")
+        pairs.append(Pair(item["teacher"], item["student"], dict(paper)))
+    methods = raw.get("methods") or {m: {} for m in METHODS}
+    if not isinstance(methods, dict):
+        fail("methods", f"must be a mapping of methods ({', '.join(METHODS)}) to their parameters")
+    for method, values in methods.items():
+        if method not in METHODS:
+            fail(f"methods.{method}", f"unknown method; allowed: {', '.join(METHODS)}")
+        if values is not None and not isinstance(values, dict):
+            fail(f"methods.{method}", "must be a mapping of parameters (as in a space file's params)")
+    if not isinstance(raw.get("params") or {}, dict):
+        fail("params", "must be a mapping of parameters every method shares (lr, weight_decay, ...)")
+    training = dict(raw.get("training") or {})
+    planned = training.get("max_epochs", 10)
+    if epochs is not None:
+        if epochs < 1:
+            fail("--epochs", f"must be >= 1, got {epochs}")
+        training["max_epochs"] = epochs
+    specs = {}
+    for i, pair in enumerate(pairs):
+        for method, values in methods.items():
+            values = {**(raw.get("params") or {}), **(values or {})}  # shared params, then the method's own
+            if "from_sweep" in values:
+                values = {**best_of_sweep(values.pop("from_sweep"), path, f"methods.{method}.from_sweep"), **values}
+            space = {key: raw[key] for key in SHARED_KEYS if key in raw}
+            space.update(teacher={**(raw.get("teacher") or {}), "arch": pair.teacher}, student=pair.student,
+                         training=training, params={**values, "method": method})
+            try:
+                specs[f"{i}:{method}"] = parse_space(space, path)
+            except SpaceError as error:  # name the configuration's own field
+                message = str(error).replace(f"{path}: params.", f"{path}: methods.{method}.", 1)
+                raise ValueError(message) from None
+    spec = next(iter(specs.values()))
+    return Reproduction(spec.name, str(path), str(raw.get("dataset", spec.data.source)), tuple(pairs),
+                        tuple(methods), seeds, spec.training.max_epochs, planned, specs)
+
+
+def best_of_sweep(where: str, config_file, field_path: str) -> dict:
+    """The parameters of a finished sweep's best completed trial by validation (its fixed values included): a
+    sweep's storage folder, or a sweep name under ./runs."""
+    from ray import tune
+
+    from .report import summarise, winners
+    from .search import SPACE_FILE
+    from .space import load_space
+
+    folder = Path(where).expanduser()
+    folder = folder if folder.is_dir() else Path("runs") / where
+    if not (folder / SPACE_FILE).exists() or not tune.Tuner.can_restore(str(folder.resolve())):
+        raise SpaceError(config_file, field_path, f"no finished sweep at {where} (a sweep's storage folder, or a "
+                                                  f"name under ./runs)")
+    spec = load_space(folder / SPACE_FILE)
+    results = tune.ExperimentAnalysis(str(folder.resolve()))
+    from ray.tune import ResultGrid
+
+    best = winners(summarise(ResultGrid(results), spec))
+    if not best:
+        raise SpaceError(config_file, field_path, f"the sweep at {where} has no completed trial")
+    chosen = {**spec.fixed(), **{k: v for k, v in best[0].config.items() if k in {**spec.searched(), **spec.grid()}}}
+    if "inflection" in chosen:
+        chosen["c"] = chosen["b"] / chosen.pop("inflection")
+    chosen.pop("method", None)
+    chosen.pop("seed", None)  # the reproduction's own seeds
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------------------ running
+
+
+def reproduce_trial(config: dict, reproduction: Reproduction, teachers: dict) -> None:
+    """One cell of the grid: the sweep trainable, with the cell's spec and its teacher's storage folder."""
+    from .trainable import train_trial
+
+    cell = config["cell"]
+    spec = reproduction.spec(cell["pair"], cell["method"])
+    train_trial({"seed": cell["seed"]}, spec, teachers[spec.teacher.arch])
+
+
+def make_logger(reproduction: Reproduction, location: str):
+    from .tracking import MlflowTrialLogger
+
+    class ReproductionLogger(MlflowTrialLogger):
+        """A child run per cell, named after it, with its own spec's parameters."""
+
+        def __init__(self, reproduction: Reproduction, location: str):
+            super().__init__(reproduction.any_spec, location)
+            self.reproduction = reproduction
+
+        def __getstate__(self):
+            return {"reproduction": self.reproduction, "sweep_location": self.sweep_location}
+
+        def __setstate__(self, state):
+            self.__init__(state["reproduction"], state["sweep_location"])
+
+        def spec_of(self, trial) -> SweepSpec:
+            cell = trial.config["cell"]
+            return self.reproduction.spec(cell["pair"], cell["method"])
+
+        def values_of(self, trial) -> dict:
+            return {"seed": trial.config["cell"]["seed"]}
+
+        def run_name(self, trial) -> str:
+            return trial.config["cell"]["label"]
+
+    return ReproductionLogger(reproduction, location)
+
+
+def run(args: argparse.Namespace, reproduction: Reproduction) -> int:
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+    from ray import tune
+
+    from .preflight import check_storage, wait_for_cluster_resources
+    from .search import acquire_sweep_lock, connect_to_ray
+    from .tracking import SweepTracker
+    from .trainable import provide_teacher
+
+    spec = reproduction.any_spec
+    storage = SweepStorage.for_sweep(spec.storage_path, spec.name)
+    if args.resume and not tune.Tuner.can_restore(storage.location):
+        raise ValueError(f"--resume: no reproduction to continue at {storage.location}")
+    if not args.resume and storage.has_experiment():
+        raise ValueError(f"a reproduction named {spec.name!r} already exists at {storage.location}: continue it with "
+                         f"--resume, or give another name / storage_path")
+    check_storage(storage)
+    lock = acquire_sweep_lock(storage, f"a reproduction named {spec.name!r}")
+    try:
+        connect_to_ray(args.address)
+        try:
+            wait_for_cluster_resources(spec)
+            teachers = {pair.teacher: SweepStorage.for_sweep(f"{storage.location}/teachers", pair.teacher)
+                        for pair in reproduction.pairs}
+            first_spec = {pair.teacher: reproduction.spec(i, reproduction.methods[0])
+                          for i, pair in reversed(list(enumerate(reproduction.pairs)))}
+            print(f"Preparing {len(teachers)} teacher(s): {', '.join(teachers)} ...", flush=True)
+            task = ray.remote(provide_teacher).options(num_cpus=spec.resources.cpu,
+                                                       num_gpus=math.ceil(spec.resources.gpu), max_retries=2)
+            ray.get([task.remote(first_spec[arch], teachers[arch]) for arch in teachers])
+            tracker = SweepTracker(spec, storage.location)
+            try:
+                return run_grid(args, reproduction, storage, teachers, first_spec, tracker)
+            except BaseException as error:
+                tracker.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+                raise
+        finally:
+            ray.shutdown()
+    finally:
+        lock.release()
+
+
+def run_grid(args, reproduction: Reproduction, storage: SweepStorage, teachers: dict, first_spec: dict,
+             tracker) -> int:
+    import ray
+    from mlflow.entities import Param
+    from ray import tune
+
+    from .report import summarise
+    from .trainable import evaluate_on_test_split, evaluate_teacher_on_test_split
+
+    spec = reproduction.any_spec
+    trainable = tune.with_resources(
+        tune.with_parameters(reproduce_trial, reproduction=reproduction, teachers=teachers),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    if args.resume:
+        tuner = tune.Tuner.restore(storage.location, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tracker.client.log_artifact(tracker.parent_id, reproduction.file, "config")
+        tracker.client.log_batch(tracker.parent_id, params=[
+            Param(k, str(v)) for k, v in {"epochs": reproduction.epochs, "seeds": reproduction.seeds,
+                                          "data": spec.data.source, "pairs": len(reproduction.pairs)}.items()])
+        tuner = tune.Tuner(
+            trainable, param_space={"cell": tune.grid_search(reproduction.cells())},
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent_trials),
+            run_config=tune.RunConfig(name=spec.name, storage_path=storage.parent, verbose=1,
+                                      callbacks=[make_logger(reproduction, storage.location)],
+                                      failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    results = tuner.fit()
+    if len(results) - results.num_terminated - results.num_errors or len(results) < len(reproduction.cells()):
+        tracker.finish("KILLED")
+        print(f"\nThe reproduction was interrupted. Continue it with:\n  python -m gkd_tune.reproduce --config "
+              f"{reproduction.file} --resume")
+        return 130
+
+    trials = []  # (cell, summary) of every trial
+    for result in results:
+        cell = result.config["cell"]
+        cell_spec = reproduction.spec(cell["pair"], cell["method"])
+        [summary] = summarise([result], cell_spec)
+        trials.append((cell, summary, cell_spec, result))
+    untested = [(cell, summary, cell_spec) for cell, summary, cell_spec, _ in trials
+                if summary.outcome == COMPLETED and tracker.test_metrics(summary.trial_id) is None]
+    if untested:
+        print(f"\nEvaluating {len(untested)} student(s) on the test split, once ...", flush=True)
+        task = ray.remote(evaluate_on_test_split).options(num_cpus=spec.resources.cpu,
+                                                          num_gpus=math.ceil(spec.resources.gpu), max_retries=2)
+        for (cell, summary, _), metrics in zip(untested, ray.get(
+                [task.remote(cell_spec, summary.checkpoint) for _, summary, cell_spec in untested])):
+            if metrics is not None:
+                tracker.log_test(summary.trial_id, metrics)
+    for _, summary, _, _ in trials:
+        summary.test = tracker.test_metrics(summary.trial_id)
+    task = ray.remote(evaluate_teacher_on_test_split).options(num_cpus=spec.resources.cpu,
+                                                              num_gpus=math.ceil(spec.resources.gpu), max_retries=2)
+    teacher_test = dict(zip(teachers, ray.get([task.remote(first_spec[arch], teachers[arch]) for arch in teachers])))
+
+    out = Path(args.out or Path("reproductions") / reproduction.name)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = epoch_rows(trials, reproduction)
+    write_parquet(rows, out / "runs.parquet")
+    table = table_markdown(reproduction, rows, teacher_test)
+    (out / "table.md").write_text(table)
+    figure = radar(reproduction, rows)
+    figure.savefig(out / "radar.png", dpi=120)
+    for name in ("table.md", "runs.parquet", "radar.png"):
+        tracker.client.log_artifact(tracker.parent_id, str(out / name))
+    tracker.describe(table)
+    tracker.finish("FINISHED")
+    print("\n" + table + f"\nwritten: {out / 'table.md'}, {out / 'runs.parquet'}, {out / 'radar.png'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ results
+
+
+def epoch_rows(trials, reproduction: Reproduction) -> list[dict]:
+    """One row per trial and epoch: the cell, every parameter, every metric; test metrics on the last row."""
+    rows = []
+    for cell, summary, cell_spec, result in trials:
+        pair = reproduction.pairs[cell["pair"]]
+        params = run_params(cell_spec, {"seed": cell["seed"]})
+        frame = result.metrics_dataframe
+        history = [] if frame is None else [r for r in frame.to_dict("records") if r.get("epoch", 0) >= 1]
+        for index, metrics in enumerate(history):
+            row = {"pair": pair.label, "teacher_arch": pair.teacher, "student_arch": pair.student,
+                   "method": cell["method"], "seed": cell["seed"], "trial_id": summary.trial_id,
+                   "outcome": summary.outcome, **{f"param.{k}": str(v) for k, v in params.items()},
+                   **{k: int(v) if k == "epoch" else float(v) for k, v in metrics.items()
+                      if isinstance(v, numbers.Real) and not isinstance(v, bool) and k not in ("pid", "timestamp")}}
+            last = index == len(history) - 1
+            row["test_acc"] = summary.test["test_acc"] if last and summary.test else None
+            row["test_loss"] = summary.test["test_loss"] if last and summary.test else None
+            rows.append(row)
+    return rows
+
+
+def write_parquet(rows: list[dict], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    pq.write_table(pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in rows]), path)
+
+
+def final_accuracies(rows: list[dict], pair_label: str, method: str) -> dict[int, float]:
+    """seed -> last-epoch test accuracy of the completed trials of one cell."""
+    return {row["seed"]: row["test_acc"] for row in rows if row["pair"] == pair_label and row["method"] == method
+            and row["test_acc"] is not None and row["outcome"] == COMPLETED}
+
+
+def mean_std(values: list[float]) -> tuple[float, float] | None:
+    if not values:
+        return None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def table_markdown(reproduction: Reproduction, rows: list[dict], teacher_test: dict) -> str:
+    spec = reproduction.any_spec
+    reduced = reproduction.epochs < reproduction.planned_epochs
+    _, training = trial_configs(spec, {})
+    recipe = (f"lr {training.lr}, batch {training.batch_size}, {training.lr_schedule}; teacher "
+              f"{spec.teacher.recipe.epochs} epochs")
+    lines = [f"# {reproduction.name}: Table 2 on {reproduction.dataset}",
+             "",
+             f"Test accuracy at the last epoch, mean +- std over {reproduction.seeds} seed(s); "
+             f"{reproduction.epochs} epochs ({recipe})"
+             + (f". **Reduced budget**: {reproduction.epochs} of the configuration's {reproduction.planned_epochs} "
+                f"epochs." if reduced else "."),
+             "Paper values in brackets (single runs, budget not stated). Test split evaluated once per trial, after "
+             "its last epoch.",
+             "",
+             "| teacher -> student | teacher | student alone | KD | Gompertz | Gompertz - KD |",
+             "|---|---|---|---|---|---|"]
+
+    def cell(value: tuple[float, float] | None, paper: float | None) -> str:
+        ours = f"{value[0]:.4f} +- {value[1]:.4f}" if value else "-"
+        return ours + (f" ({paper:.4f})" if paper is not None else "")
+
+    gains, paper_gains = [], []
+    for pair in reproduction.pairs:
+        teacher = teacher_test.get(pair.teacher)
+        values = {m: final_accuracies(rows, pair.label, m) for m in METHODS}
+        both = sorted(set(values["kd"]) & set(values["gompertz"]))
+        differences = [values["gompertz"][s] - values["kd"][s] for s in both]  # paired by seed
+        gain = mean_std(differences)
+        if gain:
+            gains.extend(differences)
+        paper_gain = (pair.paper["gompertz"] - pair.paper["kd"]) if {"kd", "gompertz"} <= set(pair.paper) else None
+        if paper_gain is not None:
+            paper_gains.append(paper_gain)
+        lines.append(" | ".join([
+            f"| {pair.label}",
+            (f"{teacher['test_acc']:.4f}" if teacher else "-") + (f" ({pair.paper['teacher']:.4f})"
+                                                                  if "teacher" in pair.paper else ""),
+            *(cell(mean_std(list(values[m].values())), pair.paper.get(m)) for m in METHODS),
+            (f"{gain[0]:+.4f} +- {gain[1]:.4f}" if gain else "-") + (f" ({paper_gain:+.4f})"
+                                                                   if paper_gain is not None else "")]) + " |")
+    missing = [f"{row['pair']} {row['method']} seed {row['seed']}: {row['outcome']}" for row in rows
+               if row["outcome"] != COMPLETED and row["epoch"] == max(r["epoch"] for r in rows
+                                                                       if r["trial_id"] == row["trial_id"])]
+    lines += ["", verdict(reproduction, gains, paper_gains)]
+    if missing:
+        lines += ["", "Left out of the means (not completed): " + "; ".join(missing)]
+    return "\n".join(lines) + "\n"
+
+
+def verdict(reproduction: Reproduction, gains: list[float], paper_gains: list[float]) -> str:
+    """One plain sentence: is the paper's gain of Gompertz over KD reproduced on this dataset, at this budget?"""
+    budget = f"at {reproduction.epochs} epochs and {reproduction.seeds} seed(s)"
+    if not gains:
+        return f"On {reproduction.dataset}, no pair has both KD and Gompertz results {budget}: nothing to compare."
+    ours = mean_std(gains)
+    paper = statistics.fmean(paper_gains) if paper_gains else None
+    said = f"the paper reports {paper * 100:+.1f} points" if paper is not None else "the paper gives no values"
+    measured = f"we measure {ours[0] * 100:+.1f} +- {ours[1] * 100:.1f} points (Gompertz - KD, over pairs and seeds)"
+    if paper is None or paper <= 0:
+        result = "there is no paper gain to compare with"
+    elif ours[0] >= REPRODUCED_SHARE * paper and ours[0] > ours[1]:
+        result = "the paper's gain is reproduced"
+    elif ours[0] > ours[1]:
+        result = "Gompertz beats KD, but by less than half the paper's gain: reproduced in direction only"
+    else:
+        result = "the paper's gain is not reproduced"
+    return (f"On {reproduction.dataset} {budget}, {said} and {measured}: {result} (reproduced: our mean gain is at "
+            f"least {REPRODUCED_SHARE:.0%} of the paper's and above its std).")
+
+
+def radar(reproduction: Reproduction, rows: list[dict]):
+    """The paper's Figure 2: one axis per pair, KD and Gompertz, ours (mean over seeds) and the paper's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [pair.label for pair in reproduction.pairs]
+    angles = [2 * math.pi * i / len(labels) for i in range(len(labels))]
+    figure = plt.figure(figsize=(6.5, 6))
+    axes = figure.add_subplot(projection="polar")
+    for method, color in (("kd", "tab:blue"), ("gompertz", "tab:red")):
+        for source, style in (("ours", "-"), ("paper", "--")):
+            if source == "ours":
+                values = [(mean_std(list(final_accuracies(rows, p.label, method).values())) or (math.nan,))[0]
+                          for p in reproduction.pairs]
+            else:
+                values = [p.paper.get(method, math.nan) for p in reproduction.pairs]
+            if all(math.isnan(v) for v in values):
+                continue
+            axes.plot(angles + angles[:1], values + values[:1], style, color=color, marker="o",
+                      label=f"{'KD' if method == 'kd' else 'Gompertz'} ({source})")
+    axes.set_xticks(angles)
+    axes.set_xticklabels(labels, fontsize=8)
+    axes.tick_params(axis="x", pad=18)
+    axes.set_ylim(0, 1)
+    axes.set_title(f"{reproduction.dataset}: test accuracy, {reproduction.epochs} epochs", pad=20)
+    axes.legend(loc="lower right", bbox_to_anchor=(1.25, -0.1), fontsize=8)
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+# ------------------------------------------------------------------------------------------------------ command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gkd_tune.reproduce", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, required=True, help="reproduction YAML file (see reproduce/)")
+    parser.add_argument("--epochs", type=int, help="epochs per trial (overrides training.max_epochs; fewer than "
+                                                   "the configuration's is reported as a reduced budget)")
+    parser.add_argument("--seeds", type=int, help="seeds per cell (overrides seeds; default 3)")
+    parser.add_argument("--out", type=Path, help="folder for table.md, runs.parquet, radar.png (default "
+                                                 "reproductions/<name>)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted reproduction")
+    parser.add_argument("--address", help="an existing Ray cluster (default: RAY_ADDRESS, else a new local one)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import exit_with_one_line
+    from .preflight import check_before_ray
+
+    args = build_parser().parse_args(argv)
+    try:
+        reproduction = load_config(args.config, args.epochs, args.seeds)
+        print(f"reproduction {reproduction.name} ({reproduction.file}): {len(reproduction.pairs)} pair(s) x "
+              f"{len(reproduction.methods)} method(s) x {reproduction.seeds} seed(s) = {len(reproduction.cells())} "
+              f"trials of {reproduction.epochs} epochs on {reproduction.any_spec.data.source}", flush=True)
+        check_before_ray(reproduction.any_spec, args.address)
+        return run(args, reproduction)
+    except KeyboardInterrupt:
+        print("\ninterrupted: continue with --resume", file=sys.stderr)
+        return 130
+    except Exception as error:
+        return exit_with_one_line(error, args.debug)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""python -m gkd_tune.reproduce: the configuration's checks, and a smoke reproduction end to end."""
+
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gkd_tune import reproduce
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = yaml.safe_load((ROOT / "reproduce" / "smoke.yaml").read_text())
+
+
+def test_the_shipped_configurations_load_with_the_papers_numbers():
+    for name, pairs in (("table2-cifar10", 4), ("table2-cifar100", 4), ("smoke", 1)):
+        config = reproduce.load_config(ROOT / "reproduce" / f"{name}.yaml")
+        assert len(config.pairs) == pairs and config.methods == ("student", "kd", "gompertz")
+        assert all(set(p.paper) == {"teacher", "student", "kd", "gompertz"} for p in config.pairs)
+    cifar10 = reproduce.load_config(ROOT / "reproduce" / "table2-cifar10.yaml", epochs=30, seeds=2)
+    assert (cifar10.epochs, cifar10.planned_epochs, cifar10.seeds, len(cifar10.cells())) == (30, 240, 2, 24)
+    mbv2 = cifar10.pairs[2]
+    assert (mbv2.label, mbv2.paper["kd"], mbv2.paper["gompertz"]) == ("resnet50 -> mobilenet_v2", 0.9145, 0.9574)
+    assert cifar10.spec(2, "kd").fixed()["tau"] == 4.0 and cifar10.spec(2, "gompertz").fixed()["lr"] == 0.04
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"pairs": [{"teacher": "resnet500", "student": "resnet8"}]}, r"pairs\[0\].teacher: must be one of resnet34,"),
+    ({"pairs": []}, r"pairs: must be a list"),
+    ({"methods": {"fitnet": {}}}, r"methods.fitnet: unknown method; allowed: student, kd, gompertz"),
+    ({"methods": {"kd": {"tau": -1}}}, r"methods.kd.tau: must be > 0, got -1"),
+    ({"pairs": [{"teacher": "resnet8", "student": "resnet8", "paper": {"kd": 91.45}}]},
+     r"pairs\[0\].paper.kd: must be an accuracy in \[0, 1\], got 91.45"),
+    ({"seeds": 0}, r"seeds: must be a whole number in \[1, 100\], got 0"),
+    ({"epoch": 3}, r"epoch: unknown key; allowed: name, data,"),
+    ({"methods": {"gompertz": {"from_sweep": "no-such-sweep"}}}, r"methods.gompertz.from_sweep: no finished sweep at"),
+])
+def test_a_bad_configuration_is_one_line_naming_the_field(tmp_path, monkeypatch, capsys, change, message):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({**SMOKE, **change}))
+    assert reproduce.main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert re.match(rf"error: {re.escape(str(config))}: {message}", err) and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing written
+
+
+@pytest.mark.slow
+def test_a_smoke_reproduction_writes_a_table_that_the_parquet_rows_recompute(tmp_path, monkeypatch, capsys):
+    import pyarrow.parquet as pq
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    config = {**SMOKE, "teacher": {"epochs": 2}, "training": {"max_epochs": 3, "batch_size": 128}, "seeds": 2,
+              "pairs": [{**SMOKE["pairs"][0], "teacher": "resnet8"}],
+              "tracking": {"uri": f"sqlite:///{tmp_path}/m.db"}, "storage_path": str(tmp_path / "runs")}
+    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(config))
+    assert reproduce.main(["--config", str(tmp_path / "smoke.yaml"), "--out", str(tmp_path / "out"),
+                           "--epochs", "2"]) == 0
+    out = tmp_path / "out"
+    table = (out / "table.md").read_text()
+    rows = pq.read_table(out / "runs.parquet").to_pylist()
+    assert len(rows) == 3 * 2 * 2  # methods x seeds x epochs
+    assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in ("student", "kd", "gompertz") for s in (0, 1)}
+    last = {(r["method"], r["seed"]): r for r in rows if r["epoch"] == 2}
+    assert all(r["test_acc"] is None for r in rows if r["epoch"] == 1)
+
+    row = next(line for line in table.splitlines() if line.startswith("| resnet8 -> resnet8"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    for column, method in zip(cells[2:5], ("student", "kd", "gompertz")):
+        values = [last[(method, s)]["test_acc"] for s in (0, 1)]
+        assert column.startswith(f"{statistics.fmean(values):.4f} +- {statistics.stdev(values):.4f} (")
+    gains = [last[("gompertz", s)]["test_acc"] - last[("kd", s)]["test_acc"] for s in (0, 1)]
+    assert cells[5].startswith(f"{statistics.fmean(gains):+.4f} +- {statistics.stdev(gains):.4f} (+0.0429)")
+    assert "2 epochs" in table and "Reduced budget**: 2 of the configuration's 3 epochs" in table
+    assert re.search(r"On digits \(smoke test\) at 2 epochs and 2 seed\(s\), the paper reports \+4.3 points", table)
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    runs = client.search_runs([client.get_experiment_by_name("table2-smoke").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(children) == 6 and parent.info.status == "FINISHED"
+    for run in children:  # the test split, exactly once per trial
+        assert len(client.get_metric_history(run.info.run_id, "test_acc")) == 1
+    assert parent.data.tags["mlflow.note.content"] == table
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"table.md", "runs.parquet", "radar.png"}
+
+    assert (out / "radar.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figure = reproduce.radar(reproduce.load_config(tmp_path / "smoke.yaml"), rows)
+    assert len(figure.axes[0].get_xticks()) == 1  # one axis per pair
