@@ -1,13 +1,23 @@
-"""The end-of-sweep summary: each trial's outcome, the top completed trials, the best student's file, and how to open
-the MLflow UI on them."""
+"""A sweep's results: the end-of-sweep summary (each trial's outcome, the top completed trials, the best student's
+file, how to open the MLflow UI), and the report as files and plots, written at the end of every sweep and by
+
+    python -m gkd_tune.report --space search_spaces/quickstart.yaml [--out DIR]
+
+for any sweep, finished or not: trials.parquet (one row per trial and epoch), summary.md (the top trials and
+Optuna's hyperparameter importances), curves.png, betas.png and params.png, also logged to the sweep's MLflow run
+(whose description becomes summary.md).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import numbers
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import STUDENT_FILE
-from .space import SweepSpec
+from .space import SweepSpec, run_params, trial_configs
 from .errors import error_line
 from .strategy import COMPLETED, DIVERGED, FAILED, SETUP_ERROR, STOPPED, trial_outcome
 from .tracking import VIEW_KEY, SweepTracker, short
@@ -47,6 +57,7 @@ class TrialSummary:
     checkpoint: object | None  # a Tune Checkpoint
     error: str | None = None
     test: dict | None = None  # test_loss, test_acc: filled for the top-k after the sweep
+    history: list = field(default_factory=list)  # every epoch's result, in order
 
 
 def summarise(results, spec: SweepSpec) -> list[TrialSummary]:
@@ -56,8 +67,10 @@ def summarise(results, spec: SweepSpec) -> list[TrialSummary]:
         metrics = result.metrics or {}
         error = error_line(result.error) if result.error else metrics.get(SETUP_ERROR)
         outcome = trial_outcome(metrics, spec.search.metric, spec.training.max_epochs, result.error is not None)
+        frame = result.metrics_dataframe  # None: a trial with no result yet
+        history = [] if frame is None else [r for r in frame.to_dict("records") if r.get("epoch", 0) >= 1]
         trials.append(TrialSummary(metrics.get("trial_id") or result.path.rsplit("/", 1)[-1], outcome, metrics,
-                                   result.config or {}, result.checkpoint, error))
+                                   result.config or {}, result.checkpoint, error, history=history))
     sign = -1 if spec.mode == "max" else 1
     trials.sort(key=lambda t: (t.outcome != COMPLETED, sign * t.metrics.get(spec.search.metric, 0.0)
                                if t.outcome == COMPLETED else 0.0))
@@ -93,13 +106,224 @@ def results_table(trials: list[TrialSummary], spec: SweepSpec) -> str:
 
 
 def print_summary(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTracker) -> None:
-    """The results table, the best student's file and how to open MLflow; the table also becomes the description
-    of the sweep's MLflow run, so the answer is on its page."""
+    """The results table, the best student's file, the report (whose summary.md becomes the description of the
+    sweep's MLflow run, so the answer is on its page) and how to open MLflow."""
     table = results_table(trials, spec)
     print(f"\n{table}")
-    tracker.describe(f"```\n{table}\n```")
+    out = Path("reports") / spec.name
+    write_report(trials, spec, tracker, out)
     top = winners(trials)[0]
     student = f"{checkpoint_location(top.checkpoint)}/{STUDENT_FILE}" if top.checkpoint else None
     print(f"\nbest student: {student}  (gkd_tune.models.load_student; also the best run's checkpoint/student.pt "
           f"artifact in MLflow)")
+    print(f"report: {out}/ (summary.md with the hyperparameter importances, trials.parquet, curves.png, betas.png, "
+          f"params.png; also on the sweep's MLflow run)")
     print(f"MLflow: {mlflow_ui_hint(spec.tracking.uri, tracker.experiment_id)}")
+
+
+# ------------------------------------------------------------------------------------------- the report as files
+
+
+def numeric(metrics: dict) -> dict:
+    """A result's numbers (epoch as an int), without Tune's bookkeeping (pid, timestamp)."""
+    return {k: int(v) if k == "epoch" else float(v) for k, v in metrics.items()
+            if isinstance(v, numbers.Real) and not isinstance(v, bool) and k not in ("pid", "timestamp")}
+
+
+def write_parquet(rows: list[dict], path: Path) -> None:
+    """Rows of differing keys as one table (a missing value is null)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    pq.write_table(pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in rows]), path)
+
+
+def trial_rows(trials: list[TrialSummary], spec: SweepSpec) -> list[dict]:
+    """One row per trial and epoch: trial id, outcome, every parameter (`param.*`), every metric; a tested trial's
+    test metrics on its last row."""
+    rows = []
+    for trial in trials:
+        params = {f"param.{k}": str(v) for k, v in run_params(spec, trial.config).items()}
+        for index, result in enumerate(trial.history):
+            last = index == len(trial.history) - 1
+            rows.append({"trial_id": trial.trial_id, "outcome": trial.outcome, **params, **numeric(result),
+                         "test_acc": trial.test["test_acc"] if last and trial.test else None,
+                         "test_loss": trial.test["test_loss"] if last and trial.test else None})
+    return rows
+
+
+def param_importances(trials: list[TrialSummary], spec: SweepSpec) -> tuple[dict[str, float], str]:
+    """(searched parameter -> importance, summing to 1; how) by Optuna's default importance evaluator over the
+    completed trials' final metric. Empty, with the reason, when there is nothing to rank."""
+    import optuna
+
+    searched = spec.searched()
+    completed = [t for t in winners(trials) if all(name in t.config for name in searched)]
+    if len(searched) < 2 or len(completed) < 3:
+        return {}, (f"not computed: {len(completed)} completed trial(s) and {len(searched)} searched parameter(s) "
+                    f"(needs 3 and 2)")
+
+    def distribution(d):
+        if d.kind == "choice":
+            return optuna.distributions.CategoricalDistribution(list(d.values))
+        if d.kind == "int":
+            return optuna.distributions.IntDistribution(int(d.values[0]), int(d.values[1]))
+        return optuna.distributions.FloatDistribution(*d.values, log=d.kind == "loguniform")
+
+    distributions = {name: distribution(d) for name, d in searched.items()}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if spec.mode == "max" else "minimize")
+    for trial in completed:
+        study.add_trial(optuna.trial.create_trial(
+            params={name: trial.config[name] for name in searched}, distributions=distributions,
+            value=float(trial.metrics[spec.search.metric])))
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    return dict(importances), f"Optuna's fANOVA evaluator over {len(completed)} completed trials"
+
+
+def summary_markdown(trials: list[TrialSummary], spec: SweepSpec, importances: dict, how: str) -> str:
+    metric, shown = spec.search.metric, list(spec.searched()) + list(spec.grid())
+    lines = [f"# Sweep {spec.name}", "", f"{len(trials)} trials: {outcome_counts(trials)}.", "",
+             f"## Top {TOP} completed trials ({metric} at epoch {spec.training.max_epochs}; test split once, after "
+             f"the sweep, for the top {spec.search.test_top_k})", "",
+             "| rank | trial | " + " | ".join([metric, "test_acc", "outcome", "epochs", *shown]) + " |",
+             "|" + "---|" * (6 + len(shown))]
+    for rank, trial in enumerate(winners(trials)[:TOP], 1):
+        test = f"{trial.test['test_acc']:.4f}" if trial.test else "-"
+        lines.append(f"| {rank} | {trial.trial_id} | {trial.metrics[metric]:.4f} | {test} | {trial.outcome} | "
+                     f"{trial.metrics.get('epoch', '-')} | " + " | ".join(short(trial.config.get(n), 4) for n in shown)
+                     + " |")
+    lines += ["", "## Hyperparameter importance", ""]
+    if importances:
+        lines += [f"{how}, on the final {metric}:", "", "| parameter | importance |", "|---|---|"]
+        lines += [f"| {name} | {value:.3f} |" for name, value in importances.items()]
+    else:
+        lines.append(how)
+    failed = [t for t in trials if t.outcome in (DIVERGED, FAILED)]
+    if failed:
+        lines += ["", "## Diverged and failed", ""] + [f"- {t.trial_id}: {t.outcome}" + (f" ({t.error})" if t.error
+                                                                                           else "") for t in failed]
+    return "\n".join(lines) + "\n"
+
+
+def report_figures(trials: list[TrialSummary], spec: SweepSpec) -> dict:
+    """curves.png (the metric over epochs, every trial; the top ones in colour), betas.png (beta(t) of the top
+    trials) and params.png (each searched parameter against the final metric; stopped trials marked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric, top = spec.search.metric, winners(trials)[:TOP]
+    figures = {}
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for trial in trials:
+        epochs = [r["epoch"] for r in trial.history if metric in r]
+        values = [r[metric] for r in trial.history if metric in r]
+        highlighted = trial in top
+        axes.plot(epochs, values, color=None if highlighted else "lightgrey", linewidth=2 if highlighted else 1,
+                  marker="o", markersize=3,  # a trial stopped at its first rung is one point
+                  label=trial.trial_id if highlighted else None, zorder=3 if highlighted else 1)
+    axes.set(xlabel="epoch", ylabel=metric, title=f"{spec.name}: {metric} of {len(trials)} trials (top {len(top)} "
+                                                   f"in colour)")
+    if top:
+        axes.legend(fontsize=8)
+    figures["curves.png"] = figure
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    steps = [i / 100 for i in range(101)]
+    for trial in top:
+        schedule = trial_configs(spec, trial.config)[0].schedule
+        axes.plot([t * spec.training.max_epochs for t in steps], [schedule(t) for t in steps], label=trial.trial_id)
+    axes.set(xlabel="epoch", ylabel="beta", title=f"beta(t) of the top {len(top)} trials")
+    if top:
+        axes.legend(fontsize=8)
+    figures["betas.png"] = figure
+
+    searched = list(spec.searched()) or list(spec.grid())
+    columns = max(1, min(3, len(searched)))
+    rows = max(1, math.ceil(len(searched) / columns))
+    figure, grid = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+    for axes, name in zip(grid.flat, searched):
+        for outcome, marker, color in ((COMPLETED, "o", "tab:blue"), (STOPPED, "x", "tab:orange")):
+            chosen = [t for t in trials if t.outcome == outcome and name in t.config and metric in t.metrics]
+            axes.scatter([t.config[name] for t in chosen], [t.metrics[metric] for t in chosen], marker=marker,
+                         color=color, label=outcome.replace("_", " "))
+        axes.set(xlabel=name, ylabel=f"final {metric}")
+    for axes in list(grid.flat)[len(searched):]:
+        axes.set_visible(False)
+    grid.flat[0].legend(fontsize=8)
+    figure.suptitle(f"{spec.name}: each parameter against the final {metric}")
+    figure.tight_layout()
+    figures["params.png"] = figure
+    for figure in figures.values():
+        plt.close(figure)
+    return figures
+
+
+def write_report(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTracker, out: Path) -> str:
+    """Write the report's files to `out`, log them to the sweep's run (its description becomes summary.md)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(trial_rows(trials, spec), out / "trials.parquet")
+    importances, how = param_importances(trials, spec)
+    summary = summary_markdown(trials, spec, importances, how)
+    (out / "summary.md").write_text(summary)
+    for name, figure in report_figures(trials, spec).items():
+        figure.savefig(out / name, dpi=110)
+    for name in ("trials.parquet", "summary.md", "curves.png", "betas.png", "params.png"):
+        tracker.client.log_artifact(tracker.parent_id, str(out / name), "report")
+    tracker.describe(summary)
+    return summary
+
+
+def load_trials(spec: SweepSpec, tracker: SweepTracker, location: str) -> list[TrialSummary]:
+    """The trials of a sweep in storage, finished or not, with the test metrics measured so far."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    trials = summarise(ResultGrid(ExperimentAnalysis(location)), spec)
+    for trial in trials:
+        trial.test = tracker.test_metrics(trial.trial_id)
+    return trials
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from .errors import exit_with_one_line
+    from .files import SPACE_FILE
+    from .space import load_space
+    from .storage import SweepStorage
+
+    parser = argparse.ArgumentParser(prog="python -m gkd_tune.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--space", type=Path, required=True, help="the sweep's space file")
+    parser.add_argument("--storage-path", help="where the sweep's storage is (overrides storage_path)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (overrides tracking.uri)")
+    parser.add_argument("--out", type=Path, help="folder for the report (default reports/<name>)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_space(args.space).with_overrides(storage_path=args.storage_path, tracking_uri=args.tracking_uri)
+        storage = SweepStorage.for_sweep(spec.storage_path, spec.name)
+        if not storage.has_experiment():
+            raise ValueError(f"no sweep at {storage.location}: give the space file it ran (and its --storage-path)")
+        if storage.exists(SPACE_FILE):  # the space the sweep ran with, whatever the file given says now
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as directory:
+                ran = load_space(storage.get(SPACE_FILE, Path(directory) / SPACE_FILE))
+            spec = ran.with_overrides(storage_path=spec.storage_path, tracking_uri=spec.tracking.uri)
+        tracker = SweepTracker(spec, storage.location, reopen=False)
+        trials = load_trials(spec, tracker, storage.location)
+        out = args.out or Path("reports") / spec.name
+        summary = write_report(trials, spec, tracker, out)
+        print(summary + f"\nwritten: {out}/ trials.parquet, summary.md, curves.png, betas.png, params.png; logged "
+                        f"to the sweep's MLflow run")
+        return 0
+    except Exception as error:
+        return exit_with_one_line(error, args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

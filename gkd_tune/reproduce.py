@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import numbers
 import os
 import statistics
 import sys
@@ -145,7 +144,7 @@ def best_of_sweep(where: str, config_file, field_path: str) -> dict:
     from ray import tune
 
     from .report import summarise, winners
-    from .search import SPACE_FILE
+    from .files import SPACE_FILE
     from .space import load_space
 
     folder = Path(where).expanduser()
@@ -258,7 +257,7 @@ def run_grid(args, reproduction: Reproduction, storage: SweepStorage, teachers: 
     from mlflow.entities import Param
     from ray import tune
 
-    from .report import summarise
+    from .report import summarise, write_parquet
     from .trainable import evaluate_on_test_split, evaluate_teacher_on_test_split
 
     spec = reproduction.any_spec
@@ -329,31 +328,23 @@ def run_grid(args, reproduction: Reproduction, storage: SweepStorage, teachers: 
 
 def epoch_rows(trials, reproduction: Reproduction) -> list[dict]:
     """One row per trial and epoch: the cell, every parameter, every metric; test metrics on the last row."""
+    from .report import numeric
+
     rows = []
-    for cell, summary, cell_spec, result in trials:
+    for cell, summary, cell_spec, _ in trials:
         pair = reproduction.pairs[cell["pair"]]
         params = run_params(cell_spec, {"seed": cell["seed"]})
-        frame = result.metrics_dataframe
-        history = [] if frame is None else [r for r in frame.to_dict("records") if r.get("epoch", 0) >= 1]
+        history = summary.history
         for index, metrics in enumerate(history):
             row = {"pair": pair.label, "teacher_arch": pair.teacher, "student_arch": pair.student,
                    "method": cell["method"], "seed": cell["seed"], "trial_id": summary.trial_id,
                    "outcome": summary.outcome, **{f"param.{k}": str(v) for k, v in params.items()},
-                   **{k: int(v) if k == "epoch" else float(v) for k, v in metrics.items()
-                      if isinstance(v, numbers.Real) and not isinstance(v, bool) and k not in ("pid", "timestamp")}}
+                   **numeric(metrics)}
             last = index == len(history) - 1
             row["test_acc"] = summary.test["test_acc"] if last and summary.test else None
             row["test_loss"] = summary.test["test_loss"] if last and summary.test else None
             rows.append(row)
     return rows
-
-
-def write_parquet(rows: list[dict], path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    pq.write_table(pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in rows]), path)
 
 
 def final_accuracies(rows: list[dict], pair_label: str, method: str) -> dict[int, float]:

@@ -24,7 +24,7 @@ import yaml
 from filelock import FileLock, Timeout
 
 from .data import DataSourceError
-from .files import TEACHER_FILE, cache_root
+from .files import SPACE_FILE, TEACHER_FILE, cache_root
 from .params import declared_values
 from .errors import exit_with_one_line
 from .preflight import check_before_ray, check_storage, wait_for_cluster_resources
@@ -32,7 +32,6 @@ from .space import TRIAL_PARAMS, SweepSpec, load_space, tune_space
 from .storage import SweepStorage
 
 EXIT_INTERRUPTED = 130
-SPACE_FILE = "space.yaml"  # the space file a sweep started with, in its storage folder: what --resume compares
 # What --resume --accept-changes may change: how trials are run and reported, never what a trial computes.
 SAFE_TO_CHANGE = {"search.max_concurrent_trials", "search.max_failures", "search.test_top_k", "resources.cpu",
                   "resources.gpu", "resources.wait_s", "tracking.uri", "storage_path"}

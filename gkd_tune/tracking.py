@@ -58,7 +58,8 @@ def saved_view(spec: SweepSpec) -> str:
 class SweepTracker:
     """The sweep's experiment and parent run (created, or found again on --resume)."""
 
-    def __init__(self, spec: SweepSpec, sweep_location: str):
+    def __init__(self, spec: SweepSpec, sweep_location: str, reopen: bool = True):
+        """reopen=False (a report): find the sweep's run without marking it RUNNING, and never create one."""
         self.spec = spec
         self.client = MlflowClient(tracking_uri=spec.tracking.uri)
         experiment = self.client.get_experiment_by_name(spec.experiment)
@@ -69,7 +70,10 @@ class SweepTracker:
         found = self.client.search_runs([self.experiment_id], f"tags.`{SWEEP_KEY_TAG}` = '{key}'", max_results=1)
         if found:
             self.parent_id = found[0].info.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
+            if reopen:
+                self.client.update_run(self.parent_id, status="RUNNING")
+        elif not reopen:
+            raise ValueError(f"tracking.uri: {spec.tracking.uri} has no MLflow run of the sweep at {sweep_location}")
         else:
             self.parent_id = self.client.create_run(self.experiment_id, run_name=spec.name,
                                                     tags={SWEEP_TAG: sweep_location, SWEEP_KEY_TAG: key}).info.run_id

@@ -32,7 +32,7 @@ def test_checkpoint_locations_can_be_typed_elsewhere():
 
 def result(trial_id, epoch, value, metric, loss=1.0, error=None):
     return SimpleNamespace(metrics={"trial_id": trial_id, "epoch": epoch, metric: value, "loss_total": loss},
-                           config={}, checkpoint=None, error=error, path=f"/runs/{trial_id}")
+                           config={}, checkpoint=None, error=error, path=f"/runs/{trial_id}", metrics_dataframe=None)
 
 
 @pytest.mark.parametrize("metric, values, best", [

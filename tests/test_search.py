@@ -170,6 +170,7 @@ def run_fake_sweep(tmp_path, monkeypatch, space: dict, trainable, *extra, evalua
     from gkd_tune import strategy
     from gkd_tune import trainable as trainable_module
 
+    monkeypatch.chdir(tmp_path)  # the report goes to ./reports/fake
     file = tmp_path / "space.yaml"
     file.write_text(yaml.safe_dump({"name": "fake", "storage_path": str(tmp_path / "runs"), "data": {"source": "digits"},
                                     "tracking": {"uri": f"sqlite:///{tmp_path}/m.db"}, **space}))
@@ -194,6 +195,7 @@ def run_fake_sweep(tmp_path, monkeypatch, space: dict, trainable, *extra, evalua
 def test_stopped_trials_are_pruned_for_optuna_full_budget_trials_rank_the_rungs_and_the_best_is_tested_once(
         tmp_path, monkeypatch, capsys):
     import optuna
+    import pyarrow.parquet as pq
 
     space = {"training": {"max_epochs": 4}, "params": {"b": {"uniform": [1.0, 5.0]}, "c": {"uniform": [2.0, 10.0]}},
              "search": {"num_samples": 8, "max_concurrent_trials": 2, "grace_period": 1, "reduction_factor": 2,
@@ -217,7 +219,24 @@ def test_stopped_trials_are_pruned_for_optuna_full_budget_trials_rank_the_rungs_
     tested = [r for r in children if "test_acc" in r.data.metrics]
     assert [r.data.tags["gkd_tune.trial_id"] for r in tested] == [parent[0].data.tags["best_trial"]]
     assert metrics["best_test_acc"] == 0.77 and "0.7700" in out
-    assert "8 trials: " in parent[0].data.tags["mlflow.note.content"]  # the answer on the sweep run's page
+    # the report: files, and its summary as the sweep run's description (the answer on the run's page)
+    report = tmp_path / "reports" / "fake"
+    summary = (report / "summary.md").read_text()
+    assert parent[0].data.tags["mlflow.note.content"] == summary and "8 trials: " in summary
+    epochs_run = sum(len(client.get_metric_history(r.info.run_id, "val_acc")) for r in children)
+    assert pq.read_table(report / "trials.parquet").num_rows == epochs_run
+    importances = [float(v) for v in re.findall(r"^\| [bc] \| ([0-9.]+) \|$", summary, re.M)]
+    assert len(importances) == 2 and sum(importances) == pytest.approx(1.0, abs=0.002), summary
+    for name in ("curves.png", "betas.png", "params.png"):
+        assert (report / name).read_bytes()[:4] == b"\x89PNG"
+    assert {a.path for a in client.list_artifacts(parent[0].info.run_id, "report")} >= {
+        "report/summary.md", "report/trials.parquet", "report/curves.png"}
+    # ... and the same from the report command, which leaves the finished sweep's run FINISHED
+    from gkd_tune import report as report_command
+
+    assert report_command.main(["--space", str(tmp_path / "space.yaml"), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "summary.md").read_text() == summary
+    assert client.get_run(parent[0].info.run_id).info.status == "FINISHED"
     assert "8 trials: " in out and "stopped by asha" in out
     assert all(re.fullmatch(r"t\d\d b=\S+ c=\S+", r.info.run_name) for r in children), [r.info.run_name for r in children]
     assert "Experiment state snapshotting" not in out
@@ -245,6 +264,7 @@ def test_a_baseline_runs_exactly_its_grid_without_optuna_and_tests_each_trial_on
     baselines["params"].update(seed={"grid": [0, 1]}, lr=0.1)
     baselines["search"].update(max_concurrent_trials=2, test_top_k=4)
     (tmp_path / "baselines.yaml").write_text(yaml.safe_dump(baselines))
+    monkeypatch.chdir(tmp_path)
     assert search.main(["--space", str(tmp_path / "baselines.yaml")]) == 0
     assert made == [None]  # no Optuna
     _, parent, children = child_runs(tmp_path / "m.db", baselines["name"])
