@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from filelock import FileLock
 from .data import DataSourceError, DataSpec, Splits, load_splits
 from .files import cache_root
 from .distill import StudentOnly
+from .errors import error_line
 from .loop import LR_SCHEDULES, Trainer, TrainConfig
 from .models import MODELS, SplitNet, build_model, load_model, save_model
 from .params import add_flags, check, from_flags, setting
@@ -51,10 +53,21 @@ def teacher_path(splits: Splits, arch: str, recipe: TeacherRecipe, val_fraction:
     return directory / f"{arch}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
 
+@dataclass(frozen=True)
+class TeacherProgress:
+    """Where a teacher in training keeps its full state after every epoch, so that a retry (a spot reclaim, a crash)
+    continues from the last epoch instead of from scratch. Both take the teacher's cache key and a local file:
+    `restore` fills the file with the kept state and says whether there was one; `save` keeps the file."""
+
+    restore: Callable[[str, Path], bool]
+    save: Callable[[str, Path], None]
+
+
 def obtain_teacher(splits: Splits, arch: str, recipe: TeacherRecipe, val_fraction: float, *,
                    checkpoint: Path | None = None, directory: Path | None = None,
-                   log=print) -> tuple[SplitNet, Path, dict]:
-    """(teacher, its file, its metadata): loaded from `checkpoint`, else from the cache, else trained and cached."""
+                   progress: TeacherProgress | None = None, log=print) -> tuple[SplitNet, Path, dict]:
+    """(teacher, its file, its metadata): loaded from `checkpoint`, else from the cache, else trained (continuing
+    from `progress` if it holds this teacher's state) and cached."""
     if checkpoint is not None:
         net, metadata = load_model(checkpoint, arch, splits.num_classes)
         return net, Path(checkpoint), metadata
@@ -65,7 +78,7 @@ def obtain_teacher(splits: Splits, arch: str, recipe: TeacherRecipe, val_fractio
         cached = _load_cached(path, arch, splits.num_classes, log)
         if cached is not None:
             return cached[0], path, cached[1]
-        return _train_teacher(splits, arch, recipe, val_fraction, path, log)
+        return _train_teacher(splits, arch, recipe, val_fraction, path, progress, log)
 
 
 def _load_cached(path: Path, arch: str, num_classes: int, log) -> tuple[SplitNet, dict] | None:
@@ -83,18 +96,30 @@ def _load_cached(path: Path, arch: str, num_classes: int, log) -> tuple[SplitNet
 
 
 def _train_teacher(splits: Splits, arch: str, recipe: TeacherRecipe, val_fraction: float, path: Path,
-                   log) -> tuple[SplitNet, Path, dict]:
+                   progress: TeacherProgress | None, log) -> tuple[SplitNet, Path, dict]:
     log(f"teacher {arch}: training {recipe.epochs} epochs on {splits.source} -> {path}")
     torch.manual_seed(recipe.seed)
     net = build_model(arch, splits.num_classes)
     trainer = Trainer(StudentOnly(net), splits, recipe.train_config())
+    state_file = path.with_name(f"{path.stem}.progress.pt")
+    if progress is not None and progress.restore(path.stem, state_file):
+        try:
+            trainer.load(state_file)
+            log(f"  teacher {arch}: continuing after epoch {trainer.epoch} (kept by an interrupted try)")
+        except Exception as error:  # a state cut short by the interruption itself: start over
+            log(f"warning: the kept state of teacher {arch} cannot be loaded ({error_line(error)}); training from "
+                f"epoch 1")
 
-    def show(metrics, _):
+    def show(metrics, trainer):
         log(f"  teacher epoch {metrics['epoch']:>3}/{recipe.epochs}  loss {metrics['loss_total']:.4f}  "
             f"train acc {metrics['train_acc']:.4f}  val acc {metrics['val_acc']:.4f}  "
             f"({metrics['images_per_s']:.0f} img/s)")
+        if progress is not None:
+            trainer.save(state_file)
+            progress.save(path.stem, state_file)
 
     history = trainer.run(show)
+    state_file.unlink(missing_ok=True)
     metadata = {"val_acc": history[-1]["val_acc"], "recipe": asdict(recipe), "val_fraction": val_fraction,
                 **trainer.input_card}
     save_model(path, net.cpu(), **metadata)

@@ -24,16 +24,27 @@ from .models import build_model, load_model, save_model
 from .space import SweepSpec, run_params, trial_configs
 from .storage import SweepStorage
 from .strategy import SETUP_ERROR
-from .teacher import obtain_teacher
+from .teacher import TeacherProgress, obtain_teacher
+
+# In a sweep's storage: the state of a teacher in training after its last epoch, by its cache key.
+TEACHER_PROGRESS_DIR = "teacher-progress"
+
 
 def provide_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
     """Train the teacher (or take it from this node's cache, or from teacher.checkpoint), check it against the arch
-    and the class count, and put it in the sweep's storage for every trial. Returns its metadata."""
+    and the class count, and put it in the sweep's storage for every trial. Returns its metadata. Its training
+    keeps its state in the storage every epoch: a retry on another node (a spot reclaim) continues from there."""
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     splits = load_splits(spec.data.source, spec.data.val_fraction)
     checkpoint = Path(spec.teacher.checkpoint).expanduser() if spec.teacher.checkpoint else None
+
+    def restore(key: str, local: Path) -> bool:  # a retried task (max_retries) continues from the last epoch
+        kept = f"{TEACHER_PROGRESS_DIR}/{key}.pt"
+        return storage.exists(kept) and storage.get(kept, local) is not None
+
+    progress = TeacherProgress(restore, lambda key, local: storage.put(local, f"{TEACHER_PROGRESS_DIR}/{key}.pt"))
     _, local_file, metadata = obtain_teacher(splits, spec.teacher.arch, spec.teacher.recipe,
-                                             spec.data.val_fraction, checkpoint=checkpoint)
+                                             spec.data.val_fraction, checkpoint=checkpoint, progress=progress)
     storage.put(local_file, TEACHER_FILE)
     return metadata
 

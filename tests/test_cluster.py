@@ -271,3 +271,56 @@ def test_sweep_on_the_local_cluster_survives_losing_a_node(local_cluster, tmp_pa
     _, metadata = load_model(Path(best), "resnet8", 10)
     assert metadata["epoch"] == 2
     assert "4 trials: 4 completed" in printed and re.search(r"\n1 +\w+ +[0-9.]+ +0\.[0-9]{4} +2 ", printed)  # tested
+
+
+def test_gpu_cluster_is_ready_for_a_real_account(tmp_path):
+    """What cluster/README.md's review found missing before a real `ray up` (see its "What is checked where")."""
+    import fnmatch
+    import shutil
+    import subprocess
+    from importlib.metadata import version
+
+    config = prepared_gpu_config()
+    types = config["available_node_types"]
+    for name, node_type in types.items():
+        node = node_type["node_config"]
+        assert node.get("ImageId"), f"{name}: no ImageId: Ray would fill in its end-of-life default AMI"
+        assert node["MetadataOptions"]["HttpTokens"] == "required", name
+        for device in node["BlockDeviceMappings"]:
+            assert device["Ebs"]["VolumeType"] == "gp3" and device["Ebs"]["Encrypted"] is True, name
+            assert device["Ebs"]["VolumeSize"] >= 150, name
+    assert types[config["head_node_type"]]["node_config"]["IamInstanceProfile"]["Arn"].endswith("/gkd-tune-head")
+    assert "--gpus all" in config["docker"]["worker_run_options"]
+    setup = " ".join(config["setup_commands"])
+    assert "chmod 600 ~/.ray/auth_token" in setup and "-c ~/gkd-tune/cluster/constraints.txt" in setup
+    for line in (ROOT / "cluster" / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            package, pinned = line.split("==")
+            assert version(package) == pinned, f"constraints.txt pins {line}, tests run {version(package)}"
+
+    # the MLflow store: on the head's disk, under a name that `ray rsync-down` (which applies rsync_exclude to the
+    # file it is asked for) copies, and a start that fails `ray up` when the server does not answer
+    start = " ".join(config["head_start_ray_commands"])
+    store = re.search(r"--backend-store-uri sqlite:////home/ray/mlflow-state/(\S+)", start)[1]
+    assert any(option.endswith(":/home/ray/mlflow-state") for option in config["docker"]["head_run_options"])
+    patterns = config["rsync_exclude"]
+    assert not any(fnmatch.fnmatch(store, pattern) for pattern in patterns), (store, patterns)
+    if shutil.which("rsync"):  # rsync's own matching, as `ray rsync-down` runs it
+        (tmp_path / store).write_text("runs")
+        excludes = [argument for pattern in patterns for argument in ("--exclude", pattern)]
+        subprocess.run(["rsync", "-a", *excludes, str(tmp_path / store), str(tmp_path / "copy")], check=True)
+        assert (tmp_path / "copy").read_text() == "runs"
+    assert re.search(r"curl -sf http://127.0.0.1:5000/health .*exit 1", start)
+
+
+def test_cluster_readme_sets_token_auth_before_every_ray_job_command():
+    """The job client sends the token only with RAY_AUTH_MODE=token in its shell: each code block that runs
+    `ray job` exports it first."""
+    readme = (ROOT / "cluster" / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    job_blocks = [block for block in blocks if re.search(r"^ray job ", block, re.M)]
+    assert len(job_blocks) >= 2
+    for block in job_blocks:
+        lines = block.splitlines()
+        first_job = next(i for i, line in enumerate(lines) if line.startswith("ray job "))
+        assert any(line.startswith("export RAY_AUTH_MODE=token") for line in lines[:first_job]), block

@@ -45,3 +45,41 @@ def test_a_damaged_cached_teacher_is_trained_again_once(tiny_splits, tmp_path):
     _, again, metadata = obtain_teacher(tiny_splits, "resnet8", recipe, 0.1, directory=tmp_path, log=printed.append)
     assert again == path and "cannot be read" in printed[0] and "training" in printed[1]
     assert load_model(path, "resnet8", 3)[1]["class_names"] == list(tiny_splits.class_names)
+
+
+@pytest.mark.slow
+def test_a_teacher_training_killed_midway_continues_from_its_last_epoch(tmp_path):
+    """As a retried teacher task does on another node: the state kept after each epoch (in the sweep's storage;
+    here a dict) is where the next try starts, and the teacher ends as if never interrupted."""
+    from gkd_tune.data import load_splits
+    from gkd_tune.teacher import TeacherProgress, TeacherRecipe, obtain_teacher
+
+    splits = load_splits("digits", 0.1)
+    recipe = TeacherRecipe(epochs=2, batch_size=128)
+    kept = {}
+
+    def restore(key, local):
+        if key in kept:
+            local.write_bytes(kept[key])
+        return key in kept
+
+    progress = TeacherProgress(restore, lambda key, local: kept.__setitem__(key, local.read_bytes()))
+
+    class Killed(Exception):
+        pass
+
+    def killed_at_epoch_2(line):
+        if "teacher epoch   2/2" in line:  # after epoch 1 was kept, during epoch 2's bookkeeping
+            raise Killed
+
+    with pytest.raises(Killed):
+        obtain_teacher(splits, "resnet8", recipe, 0.1, directory=tmp_path / "node-a", progress=progress,
+                       log=killed_at_epoch_2)
+    lines = []
+    _, _, resumed = obtain_teacher(splits, "resnet8", recipe, 0.1, directory=tmp_path / "node-b", progress=progress,
+                                   log=lines.append)
+    assert any("continuing after epoch 1" in line for line in lines), lines
+    assert [line.split()[2] for line in lines if "teacher epoch" in line] == ["2/2"]
+    _, _, uninterrupted = obtain_teacher(splits, "resnet8", recipe, 0.1, directory=tmp_path / "node-c",
+                                         log=lambda line: None)
+    assert resumed["val_acc"] == pytest.approx(uninterrupted["val_acc"], abs=1e-9)
