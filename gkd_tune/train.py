@@ -81,9 +81,9 @@ def run(args: argparse.Namespace) -> Path:
     splits = load_splits(data.source, data.val_fraction)
     teacher = None
     if teacher_spec is not None:
-        checkpoint = Path(teacher_spec.checkpoint).expanduser() if teacher_spec.checkpoint else None
+        given = Path(teacher_spec.checkpoint).expanduser() if teacher_spec.checkpoint else None
         teacher, _, _ = obtain_teacher(splits, teacher_spec.arch, teacher_spec.recipe, data.val_fraction,
-                                       checkpoint=checkpoint)
+                                       checkpoint=given)
     torch.manual_seed(train_config.seed)  # the student's initial weights do not depend on whether the teacher was cached
     student = build_model(args.student, splits.num_classes)
     trainer = Trainer(build_distiller(distill_config, student, teacher), splits, train_config)

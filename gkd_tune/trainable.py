@@ -8,6 +8,7 @@ whichever node it lands. The teacher travels by file through the sweep's shared 
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -35,6 +36,8 @@ def provide_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
     and the class count, and put it in the sweep's storage for every trial. Returns its metadata. Its training
     keeps its state in the storage every epoch: a retry on another node (a spot reclaim) continues from there."""
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    if not spec.teacher.checkpoint:  # trained here (a given one is checked by the driver, which may have no GPU)
+        check_gpu_visible(spec)
     splits = load_splits(spec.data.source, spec.data.val_fraction)
     checkpoint = Path(spec.teacher.checkpoint).expanduser() if spec.teacher.checkpoint else None
 
@@ -49,8 +52,24 @@ def provide_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
     return metadata
 
 
+# Set (to 1) where Ray's GPUs are logical, not CUDA devices: cluster/local.yaml's fake nodes.
+LOGICAL_GPUS_ENV = "GKD_TUNE_LOGICAL_GPUS"
+
+
+def check_gpu_visible(spec: SweepSpec) -> None:
+    """A task that asked Ray for a GPU and sees no CUDA device says so, instead of training on the CPU at GPU prices
+    (a worker container started without --gpus, a driver too old for the image's CUDA)."""
+    if spec.resources.gpu > 0 and not torch.cuda.is_available() and os.environ.get(LOGICAL_GPUS_ENV) != "1":
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "this node"
+        raise RuntimeError(f"resources.gpu is {spec.resources.gpu:g} and Ray gave this task a GPU on node {node}, but "
+                           f"torch sees no CUDA device (ray.get_gpu_ids() = {ray.get_gpu_ids()}): check the node's "
+                           f"driver and that its container has the GPU (--gpus all); {LOGICAL_GPUS_ENV}=1 allows "
+                           f"Ray's logical GPUs, as on cluster/local.yaml")
+
+
 def train_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    check_gpu_visible(spec)  # raises (retried, perhaps on another node): not a set-up error of the trial's own
     try:
         trainer = set_up_trial(config, spec, storage)
     except ValueError as error:  # configuration, data (DataSourceError), teacher file: the same on every retry

@@ -153,7 +153,8 @@ def local_cluster(tmp_path):
     head = subprocess.Popen(
         [RAY_CLI, "start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false",
          f"--autoscaling-config={config_file}", "--block"],
-        env=dict(env, RAY_FAKE_CLUSTER="1"), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env=dict(env, RAY_FAKE_CLUSTER="1", GKD_TUNE_LOGICAL_GPUS="1"), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
     try:
         deadline = time.time() + 90
         while ray_status(address, env).returncode != 0:
@@ -324,3 +325,18 @@ def test_cluster_readme_sets_token_auth_before_every_ray_job_command():
         lines = block.splitlines()
         first_job = next(i for i, line in enumerate(lines) if line.startswith("ray job "))
         assert any(line.startswith("export RAY_AUTH_MODE=token") for line in lines[:first_job]), block
+
+
+def test_a_task_given_a_gpu_that_torch_cannot_see_fails_instead_of_training_on_the_cpu(monkeypatch):
+    from gkd_tune.space import parse_space
+    from gkd_tune.trainable import check_gpu_visible
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.delenv("GKD_TUNE_LOGICAL_GPUS", raising=False)
+    gpu_sweep = parse_space({"name": "s", "resources": {"gpu": 0.5}}, "x.yaml")
+    with pytest.raises(RuntimeError, match=r"resources.gpu is 0.5 and Ray gave this task a GPU on node .*, but torch "
+                                           r"sees no CUDA device .*--gpus all"):
+        check_gpu_visible(gpu_sweep)
+    check_gpu_visible(parse_space({"name": "s", "resources": {"gpu": 0}}, "x.yaml"))  # a CPU sweep: fine
+    monkeypatch.setenv("GKD_TUNE_LOGICAL_GPUS", "1")  # the fake local cluster's logical GPUs
+    check_gpu_visible(gpu_sweep)

@@ -66,7 +66,7 @@ def test_the_printed_link_shows_the_trials_by_outcome_and_a_val_acc_chart(tmp_pa
     port = free_port()
     url = link.replace("127.0.0.1:5000", f"127.0.0.1:{port}")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port)],
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port), "--workers", "1"],
         cwd=tmp_path, stdout=open(tmp_path / "ui.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 180
