@@ -60,11 +60,12 @@ def check_gpu_visible(spec: SweepSpec) -> None:
     """A task that asked Ray for a GPU and sees no CUDA device says so, instead of training on the CPU at GPU prices
     (a worker container started without --gpus, a driver too old for the image's CUDA)."""
     if spec.resources.gpu > 0 and not torch.cuda.is_available() and os.environ.get(LOGICAL_GPUS_ENV) != "1":
-        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "this node"
+        # (asked only inside Ray: ray.get_gpu_ids() would start a Ray of its own anywhere else)
+        node, ids = (ray.get_runtime_context().get_node_id(), ray.get_gpu_ids()) if ray.is_initialized() else ("?", [])
         raise RuntimeError(f"resources.gpu is {spec.resources.gpu:g} and Ray gave this task a GPU on node {node}, but "
-                           f"torch sees no CUDA device (ray.get_gpu_ids() = {ray.get_gpu_ids()}): check the node's "
-                           f"driver and that its container has the GPU (--gpus all); {LOGICAL_GPUS_ENV}=1 allows "
-                           f"Ray's logical GPUs, as on cluster/local.yaml")
+                           f"torch sees no CUDA device (ray.get_gpu_ids() = {ids}): check the node's driver and that "
+                           f"its container has the GPU (--gpus all); {LOGICAL_GPUS_ENV}=1 allows Ray's logical GPUs, "
+                           f"as on cluster/local.yaml")
 
 
 def train_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:

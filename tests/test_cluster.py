@@ -340,3 +340,4 @@ def test_a_task_given_a_gpu_that_torch_cannot_see_fails_instead_of_training_on_t
     check_gpu_visible(parse_space({"name": "s", "resources": {"gpu": 0}}, "x.yaml"))  # a CPU sweep: fine
     monkeypatch.setenv("GKD_TUNE_LOGICAL_GPUS", "1")  # the fake local cluster's logical GPUs
     check_gpu_visible(gpu_sweep)
+    assert not ray.is_initialized()  # checking started no Ray in this process
