@@ -296,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     from .space import load_space
     from .storage import SweepStorage
 
-    parser = argparse.ArgumentParser(prog="python -m gkd_tune.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m gkd_tune.report",
+        description="Write a sweep's report, finished or not, to a folder and to its MLflow run: trials.parquet (one "
+                    "row per trial and epoch), summary.md (top trials, hyperparameter importances), curves.png, "
+                    "betas.png, params.png.")
     parser.add_argument("--space", type=Path, required=True, help="the sweep's space file")
     parser.add_argument("--storage-path", help="where the sweep's storage is (overrides storage_path)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (overrides tracking.uri)")
