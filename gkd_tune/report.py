@@ -140,16 +140,20 @@ def write_parquet(rows: list[dict], path: Path) -> None:
 
 
 def trial_rows(trials: list[TrialSummary], spec: SweepSpec) -> list[dict]:
-    """One row per trial and epoch: trial id, outcome, every parameter (`param.*`), every metric; a tested trial's
-    test metrics on its last row."""
+    """One row per trial and epoch (`epoch_rows`) of every trial of a sweep."""
+    return [row for trial in trials for row in epoch_rows(trial, run_params(spec, trial.config))]
+
+
+def epoch_rows(trial: TrialSummary, params: dict, **columns) -> list[dict]:
+    """One row per epoch of a trial: `columns`, trial id, outcome, every parameter (`param.*`), every metric; a
+    tested trial's test metrics on its last row."""
     rows = []
-    for trial in trials:
-        params = {f"param.{k}": str(v) for k, v in run_params(spec, trial.config).items()}
-        for index, result in enumerate(trial.history):
-            last = index == len(trial.history) - 1
-            rows.append({"trial_id": trial.trial_id, "outcome": trial.outcome, **params, **numeric(result),
-                         "test_acc": trial.test["test_acc"] if last and trial.test else None,
-                         "test_loss": trial.test["test_loss"] if last and trial.test else None})
+    for index, result in enumerate(trial.history):
+        last = index == len(trial.history) - 1
+        rows.append({**columns, "trial_id": trial.trial_id, "outcome": trial.outcome,
+                     **{f"param.{k}": str(v) for k, v in params.items()}, **numeric(result),
+                     "test_acc": trial.test["test_acc"] if last and trial.test else None,
+                     "test_loss": trial.test["test_loss"] if last and trial.test else None})
     return rows
 
 
@@ -278,11 +282,16 @@ def write_report(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTrac
     return summary
 
 
-def load_trials(spec: SweepSpec, tracker: SweepTracker, location: str) -> list[TrialSummary]:
-    """The trials of a sweep in storage, finished or not, with the test metrics measured so far."""
+def sweep_results(location: str):
+    """The ResultGrid of a sweep in storage (an absolute path or a URI), finished or not, without running it."""
     from ray.tune import ExperimentAnalysis, ResultGrid
 
-    trials = summarise(ResultGrid(ExperimentAnalysis(location)), spec)
+    return ResultGrid(ExperimentAnalysis(location))
+
+
+def load_trials(spec: SweepSpec, tracker: SweepTracker, location: str) -> list[TrialSummary]:
+    """The trials of a sweep in storage, finished or not, with the test metrics measured so far."""
+    trials = summarise(sweep_results(location), spec)
     for trial in trials:
         trial.test = tracker.test_metrics(trial.trial_id)
     return trials

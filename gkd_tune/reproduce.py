@@ -143,9 +143,9 @@ def best_of_sweep(where: str, config_file, field_path: str) -> dict:
     sweep's storage folder, or a sweep name under ./runs."""
     from ray import tune
 
-    from .report import summarise, winners
     from .files import SPACE_FILE
-    from .space import load_space
+    from .report import summarise, sweep_results, winners
+    from .space import chosen_values, load_space
 
     folder = Path(where).expanduser()
     folder = folder if folder.is_dir() else Path("runs") / where
@@ -153,15 +153,11 @@ def best_of_sweep(where: str, config_file, field_path: str) -> dict:
         raise SpaceError(config_file, field_path, f"no finished sweep at {where} (a sweep's storage folder, or a "
                                                   f"name under ./runs)")
     spec = load_space(folder / SPACE_FILE)
-    results = tune.ExperimentAnalysis(str(folder.resolve()))
-    from ray.tune import ResultGrid
-
-    best = winners(summarise(ResultGrid(results), spec))
+    best = winners(summarise(sweep_results(str(folder.resolve())), spec))
     if not best:
         raise SpaceError(config_file, field_path, f"the sweep at {where} has no completed trial")
-    chosen = {**spec.fixed(), **{k: v for k, v in best[0].config.items() if k in {**spec.searched(), **spec.grid()}}}
-    if "inflection" in chosen:
-        chosen["c"] = chosen["b"] / chosen.pop("inflection")
+    varied = {**spec.searched(), **spec.grid()}
+    chosen = chosen_values(spec, {k: v for k, v in best[0].config.items() if k in varied})
     chosen.pop("method", None)
     chosen.pop("seed", None)  # the reproduction's own seeds
     return chosen
@@ -214,7 +210,7 @@ def run(args: argparse.Namespace, reproduction: Reproduction) -> int:
     from ray import tune
 
     from .preflight import check_storage, wait_for_cluster_resources
-    from .search import acquire_sweep_lock, connect_to_ray
+    from .search import acquire_sweep_lock, connect_to_ray, trial_task
     from .tracking import SweepTracker
     from .trainable import provide_teacher
 
@@ -236,8 +232,7 @@ def run(args: argparse.Namespace, reproduction: Reproduction) -> int:
             first_spec = {pair.teacher: reproduction.spec(i, reproduction.methods[0])
                           for i, pair in reversed(list(enumerate(reproduction.pairs)))}
             print(f"Preparing {len(teachers)} teacher(s): {', '.join(teachers)} ...", flush=True)
-            task = ray.remote(provide_teacher).options(num_cpus=spec.resources.cpu,
-                                                       num_gpus=math.ceil(spec.resources.gpu), max_retries=2)
+            task = trial_task(provide_teacher, spec)
             ray.get([task.remote(first_spec[arch], teachers[arch]) for arch in teachers])
             tracker = SweepTracker(spec, storage.location)
             try:
@@ -258,6 +253,7 @@ def run_grid(args, reproduction: Reproduction, storage: SweepStorage, teachers: 
     from ray import tune
 
     from .report import summarise, write_parquet
+    from .search import trial_task
     from .trainable import evaluate_on_test_split, evaluate_teacher_on_test_split
 
     spec = reproduction.any_spec
@@ -285,26 +281,24 @@ def run_grid(args, reproduction: Reproduction, storage: SweepStorage, teachers: 
               f"{reproduction.file} --resume")
         return 130
 
-    trials = []  # (cell, summary) of every trial
+    trials = []  # (cell, its summary with the test metrics measured so far, its spec) of every trial
     for result in results:
         cell = result.config["cell"]
         cell_spec = reproduction.spec(cell["pair"], cell["method"])
         [summary] = summarise([result], cell_spec)
-        trials.append((cell, summary, cell_spec, result))
-    untested = [(cell, summary, cell_spec) for cell, summary, cell_spec, _ in trials
-                if summary.outcome == COMPLETED and tracker.test_metrics(summary.trial_id) is None]
+        summary.test = tracker.test_metrics(summary.trial_id)  # measured already: by an interrupted earlier run
+        trials.append((cell, summary, cell_spec))
+    untested = [(summary, cell_spec) for _, summary, cell_spec in trials
+                if summary.outcome == COMPLETED and summary.test is None]
     if untested:
         print(f"\nEvaluating {len(untested)} student(s) on the test split, once ...", flush=True)
-        task = ray.remote(evaluate_on_test_split).options(num_cpus=spec.resources.cpu,
-                                                          num_gpus=math.ceil(spec.resources.gpu), max_retries=2)
-        for (cell, summary, _), metrics in zip(untested, ray.get(
-                [task.remote(cell_spec, summary.checkpoint) for _, summary, cell_spec in untested])):
+        task = trial_task(evaluate_on_test_split, spec)
+        for (summary, _), metrics in zip(untested, ray.get(
+                [task.remote(cell_spec, summary.checkpoint) for summary, cell_spec in untested])):
             if metrics is not None:
                 tracker.log_test(summary.trial_id, metrics)
-    for _, summary, _, _ in trials:
-        summary.test = tracker.test_metrics(summary.trial_id)
-    task = ray.remote(evaluate_teacher_on_test_split).options(num_cpus=spec.resources.cpu,
-                                                              num_gpus=math.ceil(spec.resources.gpu), max_retries=2)
+                summary.test = metrics
+    task = trial_task(evaluate_teacher_on_test_split, spec)
     teacher_test = dict(zip(teachers, ray.get([task.remote(first_spec[arch], teachers[arch]) for arch in teachers])))
 
     out = Path(args.out or Path("reproductions") / reproduction.name)
@@ -327,23 +321,15 @@ def run_grid(args, reproduction: Reproduction, storage: SweepStorage, teachers: 
 
 
 def epoch_rows(trials, reproduction: Reproduction) -> list[dict]:
-    """One row per trial and epoch: the cell, every parameter, every metric; test metrics on the last row."""
-    from .report import numeric
+    """One row per trial and epoch (report.epoch_rows), with the trial's cell: pair, method, seed."""
+    from .report import epoch_rows as rows_of
 
     rows = []
-    for cell, summary, cell_spec, _ in trials:
+    for cell, summary, cell_spec in trials:
         pair = reproduction.pairs[cell["pair"]]
-        params = run_params(cell_spec, {"seed": cell["seed"]})
-        history = summary.history
-        for index, metrics in enumerate(history):
-            row = {"pair": pair.label, "teacher_arch": pair.teacher, "student_arch": pair.student,
-                   "method": cell["method"], "seed": cell["seed"], "trial_id": summary.trial_id,
-                   "outcome": summary.outcome, **{f"param.{k}": str(v) for k, v in params.items()},
-                   **numeric(metrics)}
-            last = index == len(history) - 1
-            row["test_acc"] = summary.test["test_acc"] if last and summary.test else None
-            row["test_loss"] = summary.test["test_loss"] if last and summary.test else None
-            rows.append(row)
+        rows += rows_of(summary, run_params(cell_spec, {"seed": cell["seed"]}), pair=pair.label,
+                        teacher_arch=pair.teacher, student_arch=pair.student, method=cell["method"],
+                        seed=cell["seed"])
     return rows
 
 

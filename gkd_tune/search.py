@@ -120,12 +120,19 @@ def prepare_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
 
     if spec.teacher.checkpoint:
         return provide_teacher(spec, storage)
-    task = ray.remote(provide_teacher).options(num_cpus=spec.resources.cpu,
-                                               num_gpus=math.ceil(spec.resources.gpu), max_retries=2)
     try:
-        return ray.get(task.remote(spec, storage))
+        return ray.get(trial_task(provide_teacher, spec).remote(spec, storage))
     except RayTaskError as error:  # a bad data source or teacher: the error itself, not a remote traceback
         raise error.cause if isinstance(error.cause, (DataSourceError, ValueError)) else error
+
+
+def trial_task(function, spec: SweepSpec):
+    """`function` as a Ray task with a trial's CPUs and whole GPUs (so that on a cluster it lands on a GPU worker,
+    never on the CPU-only head), retried twice if its node is lost."""
+    import ray
+
+    return ray.remote(function).options(num_cpus=spec.resources.cpu, num_gpus=math.ceil(spec.resources.gpu),
+                                        max_retries=2)
 
 
 def resume_command(args: argparse.Namespace) -> str:
@@ -314,8 +321,7 @@ def evaluate_top_trials(top: list, spec: SweepSpec, tracker) -> None:
     untested = [trial for trial in top if trial.test is None]
     if untested:
         print(f"\nEvaluating {len(untested)} trial(s) on the test split, once ...", flush=True)
-        task = ray.remote(evaluate_on_test_split).options(num_cpus=spec.resources.cpu,
-                                                          num_gpus=math.ceil(spec.resources.gpu), max_retries=2)
+        task = trial_task(evaluate_on_test_split, spec)
         measured = ray.get([task.remote(spec, trial.checkpoint) for trial in untested])
         if measured[0] is None:
             print(f"{spec.data.source} has no test split: nothing tested")

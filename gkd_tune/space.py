@@ -172,11 +172,17 @@ class SweepSpec:
         return replace(self, search=search, tracking=tracking, storage_path=storage)
 
 
-def trial_configs(spec: SweepSpec, values: dict[str, Any]) -> tuple[DistillConfig, TrainConfig]:
-    """The typed configs of one trial from the sampled values (plus the fixed ones and defaults)."""
+def chosen_values(spec: SweepSpec, values: dict[str, Any]) -> dict[str, Any]:
+    """A trial's parameters: the fixed ones, then its sampled ones, with `inflection` turned into c = b / inflection."""
     chosen = {**spec.fixed(), **values}
     if "inflection" in chosen:
         chosen["c"] = chosen["b"] / chosen.pop("inflection")
+    return chosen
+
+
+def trial_configs(spec: SweepSpec, values: dict[str, Any]) -> tuple[DistillConfig, TrainConfig]:
+    """The typed configs of one trial from the sampled values (plus the fixed ones and defaults)."""
+    chosen = chosen_values(spec, values)
     return build(DistillConfig, chosen), build(TrainConfig, {**flatten(spec.training), **chosen})
 
 
