@@ -171,17 +171,23 @@ def run(args: argparse.Namespace, spec: SweepSpec) -> int:
         lock.release()
 
 
-def connect_to_ray(address: str | None) -> None:
-    """--address, else RAY_ADDRESS (`ray job submit` sets it), else a new Ray on this machine: "local", because
-    Ray's own default would join whatever `ray start` last recorded here, or fail on a cluster that has died."""
+def connect_to_ray(address: str | None, default: str = "local") -> None:
+    """--address, else RAY_ADDRESS (`ray job submit` sets it), else `default`: for a sweep a new Ray on this machine
+    ("local"), because Ray's own default would join whatever `ray start` last recorded here, or fail on a cluster
+    that has died. A driver started with GKD_TUNE_LOGICAL_GPUS=1 passes it to every task and trial it starts."""
     import ray
 
-    address = address or ("local" if not os.environ.get("RAY_ADDRESS") else None)
+    from .preflight import LOGICAL_GPUS_ENV
+
+    field = "--address" if address else "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else f"address {default!r}"
+    address = address or (default if not os.environ.get("RAY_ADDRESS") else None)
+    logical = os.environ.get(LOGICAL_GPUS_ENV) == "1"
     try:
-        ray.init(address=address, include_dashboard=False)
+        ray.init(address=address, include_dashboard=False,
+                 runtime_env={"env_vars": {LOGICAL_GPUS_ENV: "1"}} if logical else None)
     except ConnectionError as error:
-        raise ValueError(f"{'--address' if address else 'RAY_ADDRESS'}: {error}: check that the cluster is up "
-                         f"(`ray status` on its head), or leave it out to run on this machine") from None
+        raise ValueError(f"{field}: {str(error).rstrip('.')}: check that the cluster is up (`ray status` on its head)"
+                         + (", or leave it out to run on this machine" if default == "local" else "")) from None
 
 
 def acquire_sweep_lock(storage: SweepStorage, what: str) -> FileLock:

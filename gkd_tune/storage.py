@@ -58,3 +58,12 @@ class SweepStorage:
         local_file.parent.mkdir(parents=True, exist_ok=True)
         pyarrow.fs.copy_files(path, str(local_file), source_filesystem=filesystem)
         return local_file
+
+    def remove(self, relative: str) -> None:
+        """Delete a file or a folder (with what it holds); nothing if it does not exist."""
+        filesystem, path = self._resolve(relative)
+        kind = filesystem.get_file_info(path).type
+        if kind == pyarrow.fs.FileType.Directory:
+            filesystem.delete_dir(path)
+        elif kind != pyarrow.fs.FileType.NotFound:
+            filesystem.delete_file(path)

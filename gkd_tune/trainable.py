@@ -22,6 +22,7 @@ from .errors import error_line
 from .files import STUDENT_FILE, TEACHER_FILE, TRAINER_FILE
 from .loop import Trainer, default_device, evaluate, evaluation_loader
 from .models import build_model, load_model, save_model
+from .preflight import LOGICAL_GPUS_ENV
 from .space import SweepSpec, run_params, trial_configs
 from .storage import SweepStorage
 from .strategy import SETUP_ERROR
@@ -52,10 +53,6 @@ def provide_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
     return metadata
 
 
-# Set (to 1) where Ray's GPUs are logical, not CUDA devices: cluster/local.yaml's fake nodes.
-LOGICAL_GPUS_ENV = "GKD_TUNE_LOGICAL_GPUS"
-
-
 def check_gpu_visible(spec: SweepSpec) -> None:
     """A task that asked Ray for a GPU and sees no CUDA device says so, instead of training on the CPU at GPU prices
     (a worker container started without --gpus, a driver too old for the image's CUDA)."""
@@ -64,8 +61,9 @@ def check_gpu_visible(spec: SweepSpec) -> None:
         node, ids = (ray.get_runtime_context().get_node_id(), ray.get_gpu_ids()) if ray.is_initialized() else ("?", [])
         raise RuntimeError(f"resources.gpu is {spec.resources.gpu:g} and Ray gave this task a GPU on node {node}, but "
                            f"torch sees no CUDA device (ray.get_gpu_ids() = {ids}): check the node's driver and that "
-                           f"its container has the GPU (--gpus all); {LOGICAL_GPUS_ENV}=1 allows Ray's logical GPUs, "
-                           f"as on cluster/local.yaml")
+                           f"its container has the GPU (--gpus all); `python -m gkd_tune.doctor` checks every node. "
+                           f"{LOGICAL_GPUS_ENV}=1 where the sweep starts allows Ray's logical GPUs, as on "
+                           f"cluster/local.yaml")
 
 
 def train_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:

@@ -136,9 +136,11 @@ def lose_node(node_id: str) -> None:
         kill(descendants(raylet) + [raylet])
 
 
-@pytest.fixture
-def local_cluster(tmp_path):
-    """cluster/local.yaml started as its comment says (on a free port), with token authentication on."""
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory):
+    """cluster/local.yaml started as its comment says (on a free port), with token authentication on; shared by the
+    tests below (the doctor's, then the sweep's, which finds the worker the doctor had started)."""
+    tmp_path = tmp_path_factory.mktemp("cluster")
     port = free_port()
     config = yaml.safe_load(LOCAL_YAML.read_text())
     config["provider"]["gcs_address"] = f"127.0.0.1:{port}"
@@ -153,7 +155,7 @@ def local_cluster(tmp_path):
     head = subprocess.Popen(
         [RAY_CLI, "start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false",
          f"--autoscaling-config={config_file}", "--block"],
-        env=dict(env, RAY_FAKE_CLUSTER="1", GKD_TUNE_LOGICAL_GPUS="1"), stdout=log, stderr=subprocess.STDOUT,
+        env=dict(env, RAY_FAKE_CLUSTER="1"), stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)
     try:
         deadline = time.time() + 90
@@ -206,8 +208,41 @@ def trial_results(sweep: Path) -> dict[str, list[dict]]:
 
 
 @pytest.mark.slow
+def test_doctor_finds_the_fake_clusters_gpus_are_not_cuda_devices_unless_told_they_are_logical(local_cluster,
+                                                                                              tmp_path):
+    address, env = local_cluster
+    space = tmp_path / "space.yaml"
+    space.write_text(SWEEP.format(db=tmp_path / "mlflow.db", storage=f"file://{tmp_path / 'shared'}"))
+    command = [sys.executable, "-m", "gkd_tune.doctor", "--space", str(space), "--address", address]
+
+    # no GPU worker is up (min_workers 0): the doctor asks for a trial's resources, the autoscaler starts one
+    found = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    printed = found.stdout + found.stderr
+    assert found.returncode == 1, printed
+    rows = [line for line in found.stdout.splitlines() if re.match(r"[0-9a-f]{8} \(", line)]  # the table's
+    head = next(row for row in rows if ", head)" in row)
+    workers = [row for row in rows if row is not head]
+    assert re.search(r"0 CPU, 0 GPU +0 CUDA devices +read\+write +token +ok$", head), printed
+    assert workers and all(re.search(r"2 CPU, 1 GPU +0 CUDA devices +read\+write +token +PROBLEM$", row)
+                           for row in workers), printed
+    assert re.search(r"advertises GPU: 1, torch sees 0 CUDA devices: its container needs the GPUs \(--gpus all\)",
+                     found.stderr), printed
+    assert "a client with a wrong token is refused: ok" in found.stdout
+    assert f"{tmp_path / 'shared'}/cluster-test written from every node and read back from the driver's: ok" in \
+        found.stdout
+
+    # the opt-out, where the driver starts: the same cluster passes, and the doctor left nothing in the storage
+    passed = subprocess.run(command, cwd=tmp_path, env=dict(env, GKD_TUNE_LOGICAL_GPUS="1"), capture_output=True,
+                            text=True, timeout=400)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "logical GPUs: GKD_TUNE_LOGICAL_GPUS=1" in passed.stdout and "no problem found" in passed.stdout
+    assert list((tmp_path / "shared" / "cluster-test").iterdir()) == []
+
+
+@pytest.mark.slow
 def test_sweep_on_the_local_cluster_survives_losing_a_node(local_cluster, tmp_path):
     address, env = local_cluster
+    env = dict(env, GKD_TUNE_LOGICAL_GPUS="1")  # the fake nodes' GPUs are logical: trials run on the CPU
     # token auth is really on: the cluster answered the right token (the fixture), it refuses a wrong one
     wrong = ray_status(address, dict(env, RAY_AUTH_TOKEN="not-the-token"))
     assert wrong.returncode != 0 and "InvalidAuthToken" in wrong.stdout + wrong.stderr

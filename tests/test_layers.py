@@ -17,7 +17,7 @@ LAYERS = [
     {"space"},
     {"strategy", "tracking", "report", "preflight"},  # search + early stopping; MLflow; summary; pre-start checks
     {"train", "trainable"},
-    {"search", "reproduce"},
+    {"search", "reproduce", "doctor"},
 ]
 
 
