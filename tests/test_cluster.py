@@ -50,10 +50,19 @@ def test_gpu_cluster_head_runs_no_trials_and_workers_autoscale_from_zero():
 
 def test_gpu_cluster_pins_the_ray_the_project_runs():
     config = prepared_gpu_config()
-    image = re.fullmatch(r"rayproject/ray:(?P<ray>[\d.]+)-py(?P<py>\d)(?P<minor>\d+)-gpu", config["docker"]["image"])
-    assert image, config["docker"]["image"]
-    assert image["ray"] == ray.__version__
-    assert (int(image["py"]), int(image["minor"])) >= (3, 10)  # pyproject's requires-python
+    docker = config["docker"]
+    images = {"head": docker["head_image"], "worker": docker["worker_image"], "default": docker["image"]}
+    assert images["default"] == images["worker"]
+    pythons = set()
+    for node, name in images.items():
+        # a pinned CUDA on the workers (the -gpu alias floats), the CPU image on the head, which trains nothing
+        platform = "cpu" if node == "head" else r"cu1[23]\d"
+        image = re.fullmatch(rf"rayproject/ray:(?P<ray>[\d.]+)-py(?P<py>\d)(?P<minor>\d+)-{platform}", name)
+        assert image, (node, name)
+        assert image["ray"] == ray.__version__
+        assert (int(image["py"]), int(image["minor"])) >= (3, 10)  # pyproject's requires-python
+        pythons.add(image["py"] + image["minor"])
+    assert len(pythons) == 1  # the driver on the head and the trials on the workers run the same Python
     setup = " ".join(config["setup_commands"])
     assert re.search(rf'"ray\[[a-z,]+\]=={re.escape(ray.__version__)}"', setup)
     assert "pip install --quiet -e ~/gkd-tune" in setup and config["file_mounts"]["~/gkd-tune"] == "."
