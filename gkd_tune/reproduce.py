@@ -210,7 +210,7 @@ def run(args: argparse.Namespace, reproduction: Reproduction) -> int:
     from ray import tune
 
     from .preflight import check_storage, wait_for_cluster_resources
-    from .search import acquire_sweep_lock, connect_to_ray, trial_task
+    from .search import acquire_sweep_lock, connect_to_ray, task_results, trial_task
     from .tracking import SweepTracker
     from .trainable import provide_teacher
 
@@ -233,7 +233,7 @@ def run(args: argparse.Namespace, reproduction: Reproduction) -> int:
                           for i, pair in reversed(list(enumerate(reproduction.pairs)))}
             print(f"Preparing {len(teachers)} teacher(s): {', '.join(teachers)} ...", flush=True)
             task = trial_task(provide_teacher, spec)
-            ray.get([task.remote(first_spec[arch], teachers[arch]) for arch in teachers])
+            task_results([task.remote(first_spec[arch], teachers[arch]) for arch in teachers])
             tracker = SweepTracker(spec, storage.location)
             try:
                 return run_grid(args, reproduction, storage, teachers, first_spec, tracker)

@@ -113,16 +113,22 @@ def prepare_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
     autoscaler starts one if needed), never on the CPU-only head where the driver runs. A given teacher.checkpoint
     is a file on the driver's machine: it is checked and uploaded from here.
     """
-    import ray
-    from ray.exceptions import RayTaskError
-
     from .trainable import provide_teacher
 
     if spec.teacher.checkpoint:
         return provide_teacher(spec, storage)
+    return task_results(trial_task(provide_teacher, spec).remote(spec, storage))
+
+
+def task_results(refs):
+    """ray.get, with a task's bad input (a ValueError: its data source, its teacher) raised as itself, so that the
+    command line prints it as one line and exits 2, not as a remote traceback."""
+    import ray
+    from ray.exceptions import RayTaskError
+
     try:
-        return ray.get(trial_task(provide_teacher, spec).remote(spec, storage))
-    except RayTaskError as error:  # a bad data source or teacher: the error itself, not a remote traceback
+        return ray.get(refs)
+    except RayTaskError as error:
         raise error.cause if isinstance(error.cause, (DataSourceError, ValueError)) else error
 
 

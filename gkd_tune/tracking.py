@@ -29,6 +29,9 @@ TRIAL_TAG = "gkd_tune.trial_id"
 OUTCOME_TAG = "gkd_tune.outcome"  # strategy.trial_outcome
 TESTED_TAG = "gkd_tune.tested"
 ERROR_TAG = "gkd_tune.error"  # a failed trial's error, one line
+# set once a trial run holds its params and beta curve: a driver killed in between leaves a run without it, whose
+# set-up the next --resume logs again
+SET_UP_TAG = "gkd_tune.set_up"
 LOGGED_METRICS = ("beta", "lr", "train_acc", "val_acc", "val_loss", "test_acc", "test_loss", "epoch_time_s",
                   "images_per_s")
 
@@ -165,6 +168,8 @@ class MlflowTrialLogger(tune.Callback):
             history = self.client.get_metric_history(run_id, "val_acc")
             last = max((m.step for m in history), default=0)
             self.client.update_run(run_id, status="RUNNING")
+            if SET_UP_TAG not in self.client.get_run(run_id).data.tags:
+                self._log_trial_setup(run_id, trial)
         else:
             run_id = self.client.create_run(
                 self.tracker.experiment_id, run_name=self.run_name(trial),
@@ -188,6 +193,7 @@ class MlflowTrialLogger(tune.Callback):
         distill_config, train_config = trial_configs(spec, values)
         if distill_config.method == "gompertz":
             self.client.log_figure(run_id, beta_curve(distill_config.schedule, train_config.epochs), "beta_curve.png")
+        self.client.set_tag(run_id, SET_UP_TAG, "true")
 
     def run_name(self, trial) -> str:
         """'t07 b=2.4 inflection=0.31 tau=6': the trial's number and what sets it apart (its id is a tag)."""

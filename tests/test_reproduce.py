@@ -46,6 +46,19 @@ def test_a_bad_configuration_is_one_line_naming_the_field(tmp_path, monkeypatch,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing written
 
 
+def test_a_teacher_task_that_cannot_read_its_data_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    """The teachers are trained by Ray tasks; bad input there is reported as itself, as a sweep reports it."""
+    monkeypatch.chdir(tmp_path)
+    config = {**SMOKE, "data": {"source": "parquet:missing.parquet"}, "tracking": {"uri": f"sqlite:///{tmp_path}/m.db"},
+              "storage_path": str(tmp_path / "runs")}
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(config))
+    assert reproduce.main(["--config", str(tmp_path / "broken.yaml")]) == 2
+    err = capsys.readouterr().err  # (Ray's own log lines come first)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: data source 'parquet:") and last.endswith("missing.parquet"), err[-2000:]
+    assert "Traceback" not in err and "RayTaskError" not in err
+
+
 @pytest.mark.slow
 def test_a_smoke_reproduction_writes_a_table_that_the_parquet_rows_recompute(tmp_path, monkeypatch, capsys):
     import pyarrow.parquet as pq
