@@ -22,7 +22,8 @@ from .params import check, setting
 
 LR_SCHEDULES = ("cosine", "multistep")
 # off: eager. on: torch.compile (inductor). cudagraphs: inductor + CUDA graphs (torch's "reduce-overhead").
-# auto: AUTO_COMPILE on CUDA; off on CPU, where compiling (over a minute on 2 cores) costs more than it gains.
+# auto: AUTO_COMPILE on CUDA; off on CPU, where a process compiles for 5 s to over a minute (warm or cold cache)
+# to make a CIFAR gompertz step 13% faster on 2 cores: a loss for the short CPU runs (quickstart, tests).
 # On an H200 (docs/performance.md) the R50 -> MobileNetV2 gompertz step at batch 512 took 40.7 ms eager, 30.3 ms
 # compiled and 20.8 ms with CUDA graphs: the student's step is launch-bound until the graphs replay it.
 COMPILE_MODES = ("auto", "off", "on", "cudagraphs")
