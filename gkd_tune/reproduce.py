@@ -321,11 +321,16 @@ def run_grid(args, reproduction: Reproduction, storage: SweepStorage, teachers: 
 
 
 def epoch_rows(trials, reproduction: Reproduction) -> list[dict]:
-    """One row per trial and epoch (report.epoch_rows), with the trial's cell: pair, method, seed."""
+    """One row per trial and epoch (report.epoch_rows), with the trial's cell: pair, method, seed; in the
+    configuration's order (pairs, methods, seeds), whatever order Ray Tune returns the trials in."""
     from .report import epoch_rows as rows_of
 
+    def order(trial) -> tuple:
+        cell = trial[0]
+        return cell["pair"], reproduction.methods.index(cell["method"]), cell["seed"]
+
     rows = []
-    for cell, summary, cell_spec in trials:
+    for cell, summary, cell_spec in sorted(trials, key=order):
         pair = reproduction.pairs[cell["pair"]]
         rows += rows_of(summary, run_params(cell_spec, {"seed": cell["seed"]}), pair=pair.label,
                         teacher_arch=pair.teacher, student_arch=pair.student, method=cell["method"],

@@ -75,7 +75,9 @@ def test_a_smoke_reproduction_writes_a_table_that_the_parquet_rows_recompute(tmp
     table = (out / "table.md").read_text()
     rows = pq.read_table(out / "runs.parquet").to_pylist()
     assert len(rows) == 3 * 2 * 2  # methods x seeds x epochs
-    assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in ("student", "kd", "gompertz") for s in (0, 1)}
+    methods = reproduce.load_config(tmp_path / "smoke.yaml").methods  # (safe_dump sorted them by name)
+    assert [(r["method"], r["seed"], r["epoch"]) for r in rows] == \
+        [(m, s, e) for m in methods for s in (0, 1) for e in (1, 2)]  # the configuration's order
     last = {(r["method"], r["seed"]): r for r in rows if r["epoch"] == 2}
     assert all(r["test_acc"] is None for r in rows if r["epoch"] == 1)
 
@@ -102,3 +104,15 @@ def test_a_smoke_reproduction_writes_a_table_that_the_parquet_rows_recompute(tmp
     assert (out / "radar.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     figure = reproduce.radar(reproduce.load_config(tmp_path / "smoke.yaml"), rows)
     assert len(figure.axes[0].get_xticks()) == 1  # one axis per pair
+
+    # --resume of a finished reproduction trains and tests nothing again, and writes the same table
+    assert reproduce.main(["--config", str(tmp_path / "smoke.yaml"), "--out", str(tmp_path / "out"),
+                           "--epochs", "2", "--resume"]) == 0
+    assert (out / "table.md").read_text() == table
+    assert pq.read_table(out / "runs.parquet").to_pylist() == rows
+    runs = client.search_runs([client.get_experiment_by_name("table2-smoke").experiment_id])
+    assert len(runs) == 7 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        if "mlflow.parentRunId" in run.data.tags:
+            assert len(client.get_metric_history(run.info.run_id, "test_acc")) == 1
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
