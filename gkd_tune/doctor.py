@@ -13,7 +13,6 @@ checked. Without --space it checks the nodes that are up, and neither storage no
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import subprocess
@@ -24,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import error_line, exit_with_one_line
-from .preflight import LOGICAL_GPUS_ENV, check_ray_address, check_tracking, wait_for_cluster_resources
+from .preflight import (LOGICAL_GPUS_ENV, check_given_cluster, check_tracking, task_resources,
+                        wait_for_cluster_resources)
 from .space import SweepSpec, load_space
 from .storage import SweepStorage
 
@@ -115,6 +115,15 @@ class NodeFindings:
     def name(self) -> str:
         return f"{self.label or self.node_id[:8]} ({self.address}{', head' if self.is_head else ''})"
 
+    @property
+    def storage(self) -> str | None:
+        """'read+write', 'cannot write' or 'not shared'; None where the storage was not checked."""
+        if self.seen is None or self.file_visible is None and not self.seen["storage_error"]:
+            return None
+        if self.seen["storage_error"]:
+            return "cannot write"
+        return "read+write" if self.file_visible else "not shared"
+
 
 def short_ids(ids: list[str]) -> list[str]:
     """Ray's node ids shortened as far as they stay distinct: their first 8 hex digits, or their last 8 (the fake
@@ -140,9 +149,9 @@ def judge(node: NodeFindings, storage: SweepStorage | None) -> list[str]:
     if seen["auth"] != "token":
         problems.append(f"node {node.name} runs Ray without token authentication: anyone who reaches its ports can "
                         f"run code there (start it with RAY_AUTH_MODE=token, as gpu.yaml's run_options do)")
-    if storage is not None and seen["storage_error"]:
+    if node.storage == "cannot write":
         problems.append(f"node {node.name} cannot write and read {storage.location}: {seen['storage_error']}")
-    elif storage is not None and node.file_visible is False:
+    elif node.storage == "not shared":
         problems.append(f"{storage.location} is not shared: what node {node.name} wrote there is not visible from "
                         f"the driver's node; on a cluster, storage_path must be storage every node reads (s3://...)")
     return problems
@@ -161,18 +170,10 @@ def gpu_cell(node: NodeFindings) -> str:
     return f"{len(seen['cuda'])} x {'/'.join(names)} (CUDA {seen['torch_cuda']}{driver})"
 
 
-def storage_cell(node: NodeFindings, storage: SweepStorage | None) -> str:
-    if storage is None or node.seen is None:
-        return "-"
-    if node.seen["storage_error"]:
-        return "cannot write"
-    return "read+write" if node.file_visible else "not shared"
-
-
-def table(nodes: list[NodeFindings], storage: SweepStorage | None) -> str:
+def table(nodes: list[NodeFindings]) -> str:
     rows = [("node", "Ray offers", "torch sees", "storage", "auth", "")]
     for node in nodes:
-        rows.append((node.name, f"{node.cpus:g} CPU, {node.gpus:g} GPU", gpu_cell(node), storage_cell(node, storage),
+        rows.append((node.name, f"{node.cpus:g} CPU, {node.gpus:g} GPU", gpu_cell(node), node.storage or "-",
                      node.seen["auth"] if node.seen else "-", "ok" if not node.problems else "PROBLEM"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
@@ -265,25 +266,22 @@ def diagnose(args: argparse.Namespace) -> int:
     if spec:
         checks.append(("tracking", f"{spec.tracking.uri} usable from the driver", problem_of(check_tracking,
                                                                                         spec.tracking.uri)))
-    if args.address or os.environ.get("RAY_ADDRESS"):  # Ray itself retries a dead address for many minutes
-        check_ray_address(args.address or os.environ["RAY_ADDRESS"], "--address" if args.address else "RAY_ADDRESS")
+    check_given_cluster(args.address)
     connect_to_ray(args.address, default="auto")
     try:
         if spec:
-            gpus = math.ceil(spec.resources.gpu)
-            checks.append(("resources", f"{spec.resources.cpu:g} CPU" + (f" + {gpus} GPU" if gpus else "") +
-                           " on one node (the teacher task's; a trial fits in it)",
-                           problem_of(wait_for_cluster_resources, spec)))
+            checks.append(("resources", f"{task_resources(spec)} on one node (the teacher task's; a trial fits in "
+                           f"it)", problem_of(wait_for_cluster_resources, spec)))
         nodes = probe_cluster(storage)
         checks.append(("auth", "a client with a wrong token is refused", check_wrong_token_refused()))
     finally:
         ray.shutdown()
 
-    print("\n" + table(nodes, storage) + "\n")
+    print("\n" + table(nodes) + "\n")
     for what, checked, problem in checks:
         print(f"{what:<10} {checked}: {'ok' if problem is None else 'PROBLEM'}")
     if storage:  # its problems are the nodes'
-        healthy = not any(node.seen and (node.seen["storage_error"] or node.file_visible is False) for node in nodes)
+        healthy = not any(node.storage in ("cannot write", "not shared") for node in nodes)
         print(f"{'storage':<10} {storage.location} written from every node and read back from the driver's: "
               f"{'ok' if healthy else 'PROBLEM'}")
     if not spec:

@@ -115,7 +115,7 @@ def wait_for_cluster_resources(spec: SweepSpec, report_every_s: float = 60.0) ->
 
     gpus = math.ceil(spec.resources.gpu)
     bundle = {"CPU": spec.resources.cpu, **({"GPU": float(gpus)} if gpus else {})}
-    wanted = f"{spec.resources.cpu:g} CPU" + (f" + {gpus} GPU" if gpus else "")
+    wanted = task_resources(spec)
     timeout_s = spec.resources.wait_s
     group = placement_group([bundle])
     started = time.monotonic()
@@ -137,6 +137,12 @@ def wait_for_cluster_resources(spec: SweepSpec, report_every_s: float = 60.0) ->
         remove_placement_group(group)
 
 
+def task_resources(spec: SweepSpec) -> str:
+    """What the teacher task asks for, and a trial fits in: '2 CPU + 1 GPU'."""
+    gpus = math.ceil(spec.resources.gpu)
+    return f"{spec.resources.cpu:g} CPU" + (f" + {gpus} GPU" if gpus else "")
+
+
 def cluster_size() -> str:
     import ray
 
@@ -148,9 +154,15 @@ def cluster_size() -> str:
 
 def check_before_ray(spec: SweepSpec, address: str | None) -> None:
     """Before Ray starts: a given cluster answers, or this machine can run the trials; the tracking URI works."""
+    if not check_given_cluster(address):  # a Ray started here: can it ever run the trials?
+        check_local_resources(spec)
+    check_tracking(spec.tracking.uri)
+
+
+def check_given_cluster(address: str | None) -> bool:
+    """The cluster named by --address, else by RAY_ADDRESS, answers (Ray itself retries a dead one for many
+    minutes); False when none is named."""
     cluster = address or os.environ.get("RAY_ADDRESS")
     if cluster:
         check_ray_address(cluster, "--address" if address else "RAY_ADDRESS")
-    else:  # a Ray started here: can it ever run the trials?
-        check_local_resources(spec)
-    check_tracking(spec.tracking.uri)
+    return bool(cluster)

@@ -23,7 +23,7 @@ def test_a_healthy_gpu_node_has_no_problem_and_its_row_names_the_card_and_the_dr
     healthy = node()
     assert doctor.judge(healthy, STORAGE) == []
     healthy.problems = []
-    row = doctor.table([healthy], STORAGE).splitlines()[1]
+    row = doctor.table([healthy]).splitlines()[1]
     assert re.search(r"ffffffff \(10.0.1.7\) +4 CPU, 1 GPU +1 x NVIDIA A10G \(CUDA 12.8, driver 570.1\) +"
                      r"read\+write +token +ok$", row), row
 
@@ -48,7 +48,7 @@ def test_each_mismatch_is_one_problem_naming_the_node(findings, problem):
     else:
         assert len(problems) == 1 and re.search(problem, problems[0]), problems
         findings.problems = problems
-        assert doctor.table([findings], STORAGE).splitlines()[1].endswith("PROBLEM")
+        assert doctor.table([findings]).splitlines()[1].endswith("PROBLEM")
 
 
 @pytest.mark.parametrize("argv, message", [
