@@ -1,6 +1,7 @@
 """Check a running Ray cluster before a sweep: on every node, the GPUs Ray advertises against the CUDA devices torch
-sees there, the sweep's storage written and read from that node; the tracking server from the driver; token
-authentication. One table, then each problem on a line of its own; exit code 1 on any problem.
+sees there and a few steps of a trial's training on each of them (its nets, batch size and compile mode), the
+sweep's storage written and read from that node; the tracking server from the driver; token authentication. One
+table, then each problem on a line of its own; exit code 1 on any problem.
 
     python -m gkd_tune.doctor --space search_spaces/gompertz.yaml                                    # on the head
     ray job submit --address http://127.0.0.1:8265 -- python -m gkd_tune.doctor --space ...          # as a Ray job
@@ -18,20 +19,27 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import error_line, exit_with_one_line
-from .preflight import (LOGICAL_GPUS_ENV, check_given_cluster, check_tracking, task_resources,
-                        wait_for_cluster_resources)
+from .preflight import (LOGICAL_GPUS_ENV, check_given_cluster, check_shared_with_cluster, check_tracking,
+                        cluster_spans_nodes, node_local_storage, task_resources, wait_for_cluster_resources)
 from .space import SweepSpec, load_space
-from .storage import SweepStorage
+from .storage import WORKER_SCRATCH_DIR, SweepStorage
 
-# A node whose probe has not answered by then is reported: its GPUs are busy (a running sweep), or it is going away.
-PROBE_WAIT_S = 300
-# In the sweep's storage: one file per node, written there and read back from the driver, then deleted.
-PROBE_DIR = ".gkd-tune-doctor"
+# A node whose probe has not answered by then is reported: its GPUs are busy (a running sweep), or it is going away
+# (a cold compile of the trial step takes a minute or two).
+PROBE_WAIT_S = 600
+# In the sweep's storage: one file per node, written there and read back from the driver, then deleted. Below the
+# folder worker nodes may write (storage.py): a node that may not write where a teacher task writes is found here.
+PROBE_DIR = f"{WORKER_SCRATCH_DIR}/doctor"
+# The trial step on a GPU: steps run (compiled with CUDA graphs, a step replays its graph from the third on), on
+# random CIFAR-shaped data, with the larger CIFAR head (the data set itself is not downloaded for the check).
+TRIAL_STEPS = 3
+STEP_CLASSES = 100
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,22 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------ on each node
 
 
-def probe_node(storage: SweepStorage | None, probe_file: str | None) -> dict:
+def probe_node(storage: SweepStorage | None, probe_file: str | None, spec: SweepSpec | None = None) -> dict:
     """What a trial on this node would meet (it runs holding all of the node's GPUs): the CUDA devices torch sees
-    and can run a kernel on, the NVIDIA driver, this node's auth mode, and `probe_file` written to the sweep's
-    storage and read back from here."""
+    and can run a kernel on, the NVIDIA driver, this node's auth mode, with a space a few steps of its trial on
+    every GPU, and `probe_file` written to the sweep's storage and read back from here."""
     import ray
     import torch
 
     seen = {"cuda": [], "cuda_error": None, "torch_cuda": torch.version.cuda, "driver": nvidia_driver(),
             "gpu_ids": [str(i) for i in ray.get_gpu_ids()], "logical_gpus": os.environ.get(LOGICAL_GPUS_ENV) == "1",
-            "auth": auth_mode(), "storage_error": None}
+            "auth": auth_mode(), "storage_error": None, "steps": []}
     try:
         seen["cuda"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        if seen["cuda"]:
-            torch.ones(1, device="cuda").add_(1).item()  # the driver runs this build's kernels
+        for i in range(len(seen["cuda"])):
+            torch.ones(1, device=f"cuda:{i}").add_(1).item()  # the driver runs this build's kernels
     except Exception as error:  # e.g. a driver too old for the CUDA torch was built with
         seen["cuda_error"] = error_line(error)
+    if spec is not None and seen["cuda"] and not seen["cuda_error"]:
+        seen["steps"] = [trial_step(spec, torch.device(f"cuda:{i}")) for i in range(len(seen["cuda"]))]
     if storage is not None:
         node_id = ray.get_runtime_context().get_node_id()
         try:
@@ -77,6 +87,51 @@ def probe_node(storage: SweepStorage | None, probe_file: str | None) -> dict:
         except Exception as error:  # pyarrow raises OSError, ArrowInvalid, PermissionError ... by filesystem
             seen["storage_error"] = error_line(error)
     return seen
+
+
+def trial_step(spec: SweepSpec, device) -> dict:
+    """A few training steps of one of the space's trials on `device`, as a trial takes them: its teacher and student
+    (random weights), its method, batch size and compile mode (auto: CUDA graphs on a GPU), on random data. Finds
+    what a one-element kernel does not: cuDNN and cuBLAS, inductor and Triton, CUDA graphs, and the memory of a
+    batch. {'device', 'compile', 'ok', 'seconds', 'error'}."""
+    import numpy as np
+    import torch
+
+    from .data import ImageArrays, Splits
+    from .distill import build_distiller
+    from .loop import Trainer
+    from .models import build_model
+    from .space import trial_configs
+
+    rng = np.random.default_rng(0)
+    values = {name: d.sample(rng, 1)[0] for name, d in {**spec.searched(), **spec.grid()}.items()}
+    distill_config, train_config = trial_configs(spec, values)
+
+    def arrays(n):
+        return ImageArrays(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), np.arange(n) % STEP_CLASSES)
+
+    step = {"device": str(device), "compile": train_config.compile, "ok": False, "error": None}
+    started = time.perf_counter()
+    try:
+        splits = Splits("random", arrays(train_config.batch_size * TRIAL_STEPS), arrays(STEP_CLASSES), None,
+                        tuple(map(str, range(STEP_CLASSES))), Path("random.npz"))
+        teacher = None if distill_config.method == "student" else build_model(spec.teacher.arch, STEP_CLASSES)
+        distiller = build_distiller(distill_config, build_model(spec.student, STEP_CLASSES), teacher)
+        trainer = Trainer(distiller, splits, train_config, device=device)
+        step["compile"] = trainer.compile_mode
+        trainer.distiller.train()
+        losses = [trainer.train_step(images, labels, i / TRIAL_STEPS).total.float().item()
+                  for i, (images, labels) in enumerate(trainer.train_loader)]
+        if not all(np.isfinite(losses)):
+            raise FloatingPointError(f"non-finite losses {losses}")
+        step["ok"] = True
+    except Exception as error:  # an unsupported kernel, out of memory, a compiler failure: what the trial would meet
+        step["error"] = error_line(error)
+    finally:
+        step["seconds"] = time.perf_counter() - started
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return step
 
 
 def nvidia_driver() -> str | None:
@@ -108,6 +163,9 @@ class NodeFindings:
     seen: dict | None = None
     error: str | None = None  # the probe task failed, or did not answer
     file_visible: bool | None = None  # the file it wrote, read from the driver's node (None: not checked)
+    # the storage path is on the driver's own disk and this is another node: not shared, whatever the file says
+    # (the fake local cluster's nodes share one disk; a real cluster's machines do not)
+    storage_on_driver_disk: bool = False
     problems: list[str] = field(default_factory=list)
     label: str = ""  # a short form of node_id, unique in the cluster
 
@@ -122,7 +180,7 @@ class NodeFindings:
             return None
         if self.seen["storage_error"]:
             return "cannot write"
-        return "read+write" if self.file_visible else "not shared"
+        return "read+write" if self.file_visible and not self.storage_on_driver_disk else "not shared"
 
 
 def short_ids(ids: list[str]) -> list[str]:
@@ -139,22 +197,43 @@ def judge(node: NodeFindings, storage: SweepStorage | None) -> list[str]:
         return [f"node {node.name}: {node.error}"]
     seen, problems = node.seen, []
     wanted, cuda = int(node.gpus), len(seen["cuda"])
-    if wanted and cuda < wanted and not (seen["logical_gpus"] and cuda == 0):
+    logical = seen["logical_gpus"] and cuda == 0
+    if wanted and cuda < wanted and not logical:
         reason = f" ({seen['cuda_error']})" if seen["cuda_error"] else ""
         problems.append(
             f"node {node.name} advertises GPU: {node.gpus:g}, torch sees {cuda} CUDA device"
             f"{'s' if cuda != 1 else ''}{reason}: its container needs the GPUs (--gpus all) and a driver that runs "
             f"CUDA {seen['torch_cuda'] or '(torch is a CPU build)'}; a trial there would fail (Ray's GPUs are "
             f"logical? set {LOGICAL_GPUS_ENV}=1 where the sweep starts)")
+    elif cuda and seen["cuda_error"]:
+        problems.append(
+            f"node {node.name}: torch sees {cuda} CUDA device{'s' if cuda != 1 else ''} but a kernel fails there "
+            f"({seen['cuda_error']}): check that its driver runs CUDA {seen['torch_cuda']} and the card itself "
+            f"(nvidia-smi, Xid errors in dmesg); a trial there would fail")
+    for step in seen["steps"]:
+        if not step["ok"]:
+            memory = " (lower training.batch_size, or use a larger GPU)" if "out of memory" in step["error"] else ""
+            problems.append(f"node {node.name}: a step of the space's trial fails on {step['device']} (compile "
+                            f"{step['compile']}): {step['error']}{memory}; its trials would fail the same way")
     if seen["auth"] != "token":
         problems.append(f"node {node.name} runs Ray without token authentication: anyone who reaches its ports can "
                         f"run code there (start it with RAY_AUTH_MODE=token, as gpu.yaml's run_options do)")
     if node.storage == "cannot write":
         problems.append(f"node {node.name} cannot write and read {storage.location}: {seen['storage_error']}")
-    elif node.storage == "not shared":
+    elif node.storage == "not shared" and not node.storage_on_driver_disk:  # that one is the driver's problem
         problems.append(f"{storage.location} is not shared: what node {node.name} wrote there is not visible from "
                         f"the driver's node; on a cluster, storage_path must be storage every node reads (s3://...)")
     return problems
+
+
+def step_cell(node: NodeFindings) -> str:
+    steps = node.seen["steps"] if node.seen else []
+    if not steps:
+        return "-"
+    failed = [step for step in steps if not step["ok"]]
+    if failed:
+        return f"FAILED on {', '.join(step['device'] for step in failed)}"
+    return f"ok ({steps[0]['compile']}, {max(step['seconds'] for step in steps):.0f} s)"
 
 
 def gpu_cell(node: NodeFindings) -> str:
@@ -171,15 +250,16 @@ def gpu_cell(node: NodeFindings) -> str:
 
 
 def table(nodes: list[NodeFindings]) -> str:
-    rows = [("node", "Ray offers", "torch sees", "storage", "auth", "")]
+    rows = [("node", "Ray offers", "torch sees", "trial step", "storage", "auth", "")]
     for node in nodes:
-        rows.append((node.name, f"{node.cpus:g} CPU, {node.gpus:g} GPU", gpu_cell(node), node.storage or "-",
-                     node.seen["auth"] if node.seen else "-", "ok" if not node.problems else "PROBLEM"))
+        rows.append((node.name, f"{node.cpus:g} CPU, {node.gpus:g} GPU", gpu_cell(node), step_cell(node),
+                     node.storage or "-", node.seen["auth"] if node.seen else "-",
+                     "ok" if not node.problems else "PROBLEM"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
-def probe_cluster(storage: SweepStorage | None) -> list[NodeFindings]:
+def probe_cluster(storage: SweepStorage | None, spec: SweepSpec | None = None) -> list[NodeFindings]:
     """Every alive node's probe, each a task pinned to its node and holding all its GPUs (as trials would)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -199,7 +279,7 @@ def probe_cluster(storage: SweepStorage | None) -> list[NodeFindings]:
         task = ray.remote(probe_node).options(
             num_cpus=0, num_gpus=int(node.gpus), max_retries=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))
-        pending[task.remote(storage, files[node.node_id] if storage else None)] = node
+        pending[task.remote(storage, files[node.node_id] if storage else None, spec)] = node
     done, late = ray.wait(list(pending), num_returns=len(pending), timeout=PROBE_WAIT_S)
     for ref in done:
         try:
@@ -220,6 +300,10 @@ def probe_cluster(storage: SweepStorage | None) -> list[NodeFindings]:
                     except FileNotFoundError:
                         node.file_visible = False
         storage.remove(PROBE_DIR)
+        if node_local_storage(storage.location) and cluster_spans_nodes():
+            driver_node = ray.get_runtime_context().get_node_id()
+            for node in nodes:
+                node.storage_on_driver_disk = node.node_id != driver_node
     for node in nodes:
         node.problems = judge(node, storage)
     return nodes
@@ -270,9 +354,11 @@ def diagnose(args: argparse.Namespace) -> int:
     connect_to_ray(args.address, default="auto")
     try:
         if spec:
+            checks.append(("shared", "storage and tracking that every node of the cluster can use",
+                           problem_of(check_shared_with_cluster, spec)))
             checks.append(("resources", f"{task_resources(spec)} on one node (the teacher task's; a trial fits in "
                            f"it)", problem_of(wait_for_cluster_resources, spec)))
-        nodes = probe_cluster(storage)
+        nodes = probe_cluster(storage, spec)
         checks.append(("auth", "a client with a wrong token is refused", check_wrong_token_refused()))
     finally:
         ray.shutdown()

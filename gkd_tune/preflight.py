@@ -6,12 +6,15 @@ what to do, in seconds, instead of a hang or a failure after hours of teacher tr
     storage     the storage path can be written (a probe file, written and deleted)
     tracking    the MLflow tracking URI works (a sqlite store's folder exists; a server answers)
 
-and, once Ray is up, `wait_for_cluster_resources`: a cluster that does not provide a trial's resources within
-resources.wait_s is named as such, instead of trials pending forever.
+and, once Ray is up and before any work on it, `check_shared_with_cluster`: on a cluster of several nodes (or one
+whose autoscaler adds nodes), a storage path on this node's own disk or a tracking store in a file here is refused,
+with the flags to pass; then `wait_for_cluster_resources`: a cluster that does not provide a trial's resources
+within resources.wait_s is named as such, instead of trials pending forever.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -20,7 +23,7 @@ import uuid
 from pathlib import Path
 
 from .space import SweepSpec
-from .storage import SweepStorage
+from .storage import SweepStorage, is_uri
 
 # Set (to 1) where Ray's GPUs are logical, not CUDA devices (cluster/local.yaml's fake nodes): a task given a GPU
 # may then run on the CPU. Set where the driver starts; connect_to_ray hands it to every task and trial.
@@ -77,6 +80,94 @@ def check_storage(storage: SweepStorage) -> None:
         raise ValueError(f"storage_path: cannot write to {storage.location}: {message}") from None
 
 
+# Filesystems that other machines mount too: a local path on one of them can be a cluster's shared storage.
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "ceph", "glusterfs", "gpfs", "beegfs", "fuse.s3fs",
+                       "fuse.gcsfuse", "fuse.juicefs", "fuse.mountpoint-s3", "fuse.sshfs", "fuse.glusterfs")
+# What a cluster-wide sweep passes instead (cluster/README.md): S3, and gpu.yaml's MLflow server on the head.
+SHARED_STORAGE_FLAG = "--storage-path s3://BUCKET/PREFIX"
+SHARED_TRACKING_FLAG = "--tracking-uri http://127.0.0.1:5000"
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str:
+    """The type of the filesystem holding `path` ('ext4', 'nfs4', ...): the longest mount point above it in
+    /proc/mounts ('' where that cannot be read)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return ""
+    best, kind = "", ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        if (str(path) == point or str(path).startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def node_local_storage(storage_path: str, mounts: str | None = None) -> str | None:
+    """Why `storage_path` is on this node alone ('on this node's disk (ext4)'), or None: a URI other than file://,
+    or a path on a network filesystem, which every node can read."""
+    if is_uri(storage_path) and not storage_path.startswith("file://"):
+        return None
+    path = Path(storage_path.removeprefix("file://")).expanduser().resolve()
+    kind = filesystem_type(path, mounts)
+    return None if kind in NETWORK_FILESYSTEMS else f"on this node's disk ({kind or 'local'})"
+
+
+def node_local_tracking(uri: str) -> bool:
+    """A tracking URI that is a file here (a sqlite database, an mlruns folder, a plain path): other machines never
+    see it, and on a cluster's head it lives in the container that the next `ray up` may replace."""
+    scheme = uri.split(":", 1)[0] if ":" in uri else ""
+    return scheme in ("", "file", "sqlite") and uri not in ("databricks", "databricks-uc")
+
+
+def cluster_spans_nodes(wait_s: float = 12.0) -> bool:
+    """Whether the connected Ray cluster has several nodes, or an autoscaler that adds them (cluster/gpu.yaml starts
+    with its head alone). The head's monitor reports its autoscaler every few seconds (waited for, at most `wait_s`,
+    on a cluster that has just started); a head without a cluster config runs Ray's read-only autoscaler, whose node
+    types are the nodes' own ids (`format_readonly_node_type`), while a configured one names its node types."""
+    import ray
+    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+    from ray.autoscaler._private.util import format_readonly_node_type
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    readonly_prefix = format_readonly_node_type("")
+    deadline = time.monotonic() + wait_s
+    while True:
+        if sum(1 for node in ray.nodes() if node.get("Alive")) > 1:
+            return True
+        status = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
+        report = (json.loads(status).get("autoscaler_report") or {}) if status else {}
+        if report.get("active_nodes"):
+            return any(not node_type.startswith(readonly_prefix) for node_type in report["active_nodes"])
+        if time.monotonic() > deadline:  # no autoscaler reports here: a Ray that adds no nodes
+            return False
+        time.sleep(0.5)
+
+
+def check_shared_with_cluster(spec: SweepSpec, mounts: str | None = None) -> None:
+    """On a Ray cluster that spans nodes, the storage path must be storage every node reads and the tracking store
+    must not be a file on the driver's node: otherwise the teacher trains for hours onto one worker's disk and every
+    trial then fails, or the runs stay in a container. Call after connecting, before any work on the cluster."""
+    local_storage = node_local_storage(spec.storage_path, mounts)
+    local_tracking = node_local_tracking(spec.tracking.uri)
+    if not (local_storage or local_tracking) or not cluster_spans_nodes():
+        return
+    problems, flags = [], []
+    if local_storage:
+        problems.append(f"storage_path {spec.storage_path} is {local_storage}")
+        flags.append(f"{SHARED_STORAGE_FLAG} (or another URI every node reads, or a network filesystem every node "
+                     f"mounts)")
+    if local_tracking:
+        problems.append(f"tracking.uri {spec.tracking.uri} is a file on this node")
+        flags.append(f"{SHARED_TRACKING_FLAG} (an MLflow server: cluster/gpu.yaml starts one on the head)")
+    raise ValueError(f"{' and '.join(problems)}, but this Ray cluster spans several nodes (or its autoscaler adds "
+                     f"them): pass {' '.join(flags)}")
+
+
 def check_tracking(uri: str) -> None:
     """The tracking URI can be used: a sqlite store's folder must exist (MLflow would create it silently), other
     stores must answer a search within PROBE_TIMEOUT_S."""
@@ -131,8 +222,9 @@ def wait_for_cluster_resources(spec: SweepSpec, report_every_s: float = 60.0) ->
                   f"(the cluster has {cluster_size()})", flush=True)
         raise ValueError(
             f"resources: the Ray cluster did not provide {wanted} on one node within {timeout_s:g} s (it has "
-            f"{cluster_size()}): check that a worker type offers them and can start (`ray status`, the cloud's "
-            f"quotas), lower resources in {spec.file}, or raise resources.wait_s")
+            f"{cluster_size()}): check that a worker type offers them and can start (`ray status`; the autoscaler's "
+            f"log on the head, /tmp/ray/session_latest/logs/monitor.log, says why a launch failed: a cloud quota, "
+            f"the spot service-linked role, capacity), lower resources in {spec.file}, or raise resources.wait_s")
     finally:
         remove_placement_group(group)
 

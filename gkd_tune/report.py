@@ -19,6 +19,7 @@ from pathlib import Path
 from .files import STUDENT_FILE
 from .space import SweepSpec, run_params, trial_configs
 from .errors import error_line
+from .storage import split_query
 from .strategy import COMPLETED, DIVERGED, FAILED, SETUP_ERROR, STOPPED, trial_outcome
 from .tracking import VIEW_KEY, SweepTracker, short
 
@@ -37,13 +38,16 @@ def mlflow_ui_hint(uri: str, experiment_id: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/{page}"
 
 
-def checkpoint_location(checkpoint) -> str:
-    """A Tune checkpoint's folder as a path or URI (s3://...) that can be typed elsewhere."""
+def checkpoint_location(checkpoint, storage_path: str = "", file: str = "") -> str:
+    """A Tune checkpoint's folder, or a `file` in it, as a path or URI (s3://...) that can be typed elsewhere: with
+    the query string of the sweep's storage_path (an S3-compatible store's endpoint_override), which Tune's path
+    has lost."""
+    path = f"{checkpoint.path}/{file}" if file else checkpoint.path
     filesystem = checkpoint.filesystem
     if filesystem is None or filesystem.type_name == "local":
-        return checkpoint.path
+        return path
     scheme = {"gcs": "gs"}.get(filesystem.type_name, filesystem.type_name)  # pyarrow's name -> the URI scheme
-    return f"{scheme}://{checkpoint.path}"
+    return f"{scheme}://{path}{split_query(storage_path)[1]}"
 
 
 @dataclass
@@ -113,7 +117,7 @@ def print_summary(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTra
     out = Path("reports") / spec.name
     write_report(trials, spec, tracker, out)
     top = winners(trials)[0]
-    student = f"{checkpoint_location(top.checkpoint)}/{STUDENT_FILE}" if top.checkpoint else None
+    student = checkpoint_location(top.checkpoint, spec.storage_path, STUDENT_FILE) if top.checkpoint else None
     print(f"\nbest student: {student}  (gkd_tune.models.load_student; also the best run's checkpoint/student.pt "
           f"artifact in MLflow)")
     print(f"report: {out}/ (summary.md with the hyperparameter importances, trials.parquet, curves.png, betas.png, "
@@ -286,7 +290,10 @@ def sweep_results(location: str):
     """The ResultGrid of a sweep in storage (an absolute path or a URI), finished or not, without running it."""
     from ray.tune import ExperimentAnalysis, ResultGrid
 
-    return ResultGrid(ExperimentAnalysis(location))
+    from .storage import SweepStorage
+
+    storage = SweepStorage(location)
+    return ResultGrid(ExperimentAnalysis(storage.tune_path, storage_filesystem=storage.tune_filesystem))
 
 
 def load_trials(spec: SweepSpec, tracker: SweepTracker, location: str) -> list[TrialSummary]:

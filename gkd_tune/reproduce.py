@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .models import MODELS
 from .space import SpaceError, SweepSpec, parse_space, read_yaml, run_params, trial_configs
-from .storage import SweepStorage
+from .storage import SweepStorage, trial_dirname
 from .strategy import COMPLETED
 
 METHODS = ("student", "kd", "gompertz")
@@ -209,14 +209,14 @@ def run(args: argparse.Namespace, reproduction: Reproduction) -> int:
     import ray
     from ray import tune
 
-    from .preflight import check_storage, wait_for_cluster_resources
-    from .search import acquire_sweep_lock, connect_to_ray, task_results, trial_task
+    from .preflight import check_shared_with_cluster, check_storage, wait_for_cluster_resources
+    from .search import acquire_sweep_lock, connect_to_ray, publish_teacher, task_results, trial_task
     from .tracking import SweepTracker
     from .trainable import provide_teacher
 
     spec = reproduction.any_spec
     storage = SweepStorage.for_sweep(spec.storage_path, spec.name)
-    if args.resume and not tune.Tuner.can_restore(storage.location):
+    if args.resume and not tune.Tuner.can_restore(storage.tune_path, storage_filesystem=storage.tune_filesystem):
         raise ValueError(f"--resume: no reproduction to continue at {storage.location}")
     if not args.resume and storage.has_experiment():
         raise ValueError(f"a reproduction named {spec.name!r} already exists at {storage.location}: continue it with "
@@ -224,16 +224,19 @@ def run(args: argparse.Namespace, reproduction: Reproduction) -> int:
     check_storage(storage)
     lock = acquire_sweep_lock(storage, f"a reproduction named {spec.name!r}")
     try:
-        connect_to_ray(args.address)
+        joined = connect_to_ray(args.address)
         try:
+            if joined:  # a Ray started here is this one machine
+                check_shared_with_cluster(spec)
             wait_for_cluster_resources(spec)
-            teachers = {pair.teacher: SweepStorage.for_sweep(f"{storage.location}/teachers", pair.teacher)
-                        for pair in reproduction.pairs}
+            teachers = {pair.teacher: storage.child("teachers").child(pair.teacher) for pair in reproduction.pairs}
             first_spec = {pair.teacher: reproduction.spec(i, reproduction.methods[0])
                           for i, pair in reversed(list(enumerate(reproduction.pairs)))}
             print(f"Preparing {len(teachers)} teacher(s): {', '.join(teachers)} ...", flush=True)
             task = trial_task(provide_teacher, spec)
             task_results([task.remote(first_spec[arch], teachers[arch]) for arch in teachers])
+            for teacher_storage in teachers.values():
+                publish_teacher(teacher_storage)
             tracker = SweepTracker(spec, storage.location)
             try:
                 return run_grid(args, reproduction, storage, teachers, first_spec, tracker)
@@ -261,7 +264,8 @@ def run_grid(args, reproduction: Reproduction, storage: SweepStorage, teachers: 
         tune.with_parameters(reproduce_trial, reproduction=reproduction, teachers=teachers),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     if args.resume:
-        tuner = tune.Tuner.restore(storage.location, trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(storage.tune_path, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=storage.tune_filesystem)
     else:
         tracker.client.log_artifact(tracker.parent_id, reproduction.file, "config")
         tracker.client.log_batch(tracker.parent_id, params=[
@@ -269,8 +273,10 @@ def run_grid(args, reproduction: Reproduction, storage: SweepStorage, teachers: 
                                           "data": spec.data.source, "pairs": len(reproduction.pairs)}.items()])
         tuner = tune.Tuner(
             trainable, param_space={"cell": tune.grid_search(reproduction.cells())},
-            tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent_trials),
-            run_config=tune.RunConfig(name=spec.name, storage_path=storage.parent, verbose=1,
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent_trials,
+                                        trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(name=spec.name, storage_path=storage.tune_path.rsplit("/", 1)[0],
+                                      storage_filesystem=storage.tune_filesystem, verbose=1,
                                       callbacks=[make_logger(reproduction, storage.location)],
                                       failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))

@@ -27,9 +27,9 @@ from .data import DataSourceError
 from .files import SPACE_FILE, TEACHER_FILE, cache_root
 from .params import declared_values
 from .errors import exit_with_one_line
-from .preflight import check_before_ray, check_storage, wait_for_cluster_resources
+from .preflight import check_before_ray, check_shared_with_cluster, check_storage, wait_for_cluster_resources
 from .space import TRIAL_PARAMS, SweepSpec, load_space, tune_space
-from .storage import SweepStorage
+from .storage import SweepStorage, trial_dirname
 
 EXIT_INTERRUPTED = 130
 # What --resume --accept-changes may change: how trials are run and reported, never what a trial computes.
@@ -116,8 +116,21 @@ def prepare_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
     from .trainable import provide_teacher
 
     if spec.teacher.checkpoint:
-        return provide_teacher(spec, storage)
-    return task_results(trial_task(provide_teacher, spec).remote(spec, storage))
+        metadata = provide_teacher(spec, storage)
+    else:
+        metadata = task_results(trial_task(provide_teacher, spec).remote(spec, storage))
+    publish_teacher(storage)
+    return metadata
+
+
+def publish_teacher(storage: SweepStorage) -> None:
+    """The provided teacher becomes the sweep's teacher.pt, written from the driver: workers may write only below
+    the scratch folder (storage.py), which goes once the teacher is published."""
+    from .storage import WORKER_SCRATCH_DIR
+    from .trainable import PROVIDED_TEACHER
+
+    storage.copy(PROVIDED_TEACHER, TEACHER_FILE)
+    storage.remove(WORKER_SCRATCH_DIR)
 
 
 def task_results(refs):
@@ -155,7 +168,7 @@ def run(args: argparse.Namespace, spec: SweepSpec) -> int:
     from ray import tune
 
     storage = sweep_storage(spec)
-    if args.resume and not tune.Tuner.can_restore(storage.location):
+    if args.resume and not tune.Tuner.can_restore(storage.tune_path, storage_filesystem=storage.tune_filesystem):
         raise ValueError(f"--resume: no sweep to continue at {storage.location}")
     check_storage(storage)
     lock = acquire_sweep_lock(storage, f"a sweep named {spec.name!r}")
@@ -165,8 +178,10 @@ def run(args: argparse.Namespace, spec: SweepSpec) -> int:
                              f"--resume, or give another name / --storage-path")
         if args.resume:
             check_unchanged(spec, storage, args.accept_changes)
-        connect_to_ray(args.address)
+        joined = connect_to_ray(args.address)
         try:
+            if joined:  # a Ray started here is this one machine
+                check_shared_with_cluster(spec)
             wait_for_cluster_resources(spec)
             if not args.resume:
                 storage.put(Path(spec.file), SPACE_FILE)
@@ -177,10 +192,11 @@ def run(args: argparse.Namespace, spec: SweepSpec) -> int:
         lock.release()
 
 
-def connect_to_ray(address: str | None, default: str = "local") -> None:
+def connect_to_ray(address: str | None, default: str = "local") -> bool:
     """--address, else RAY_ADDRESS (`ray job submit` sets it), else `default`: for a sweep a new Ray on this machine
     ("local"), because Ray's own default would join whatever `ray start` last recorded here, or fail on a cluster
-    that has died. A driver started with GKD_TUNE_LOGICAL_GPUS=1 passes it to every task and trial it starts."""
+    that has died. A driver started with GKD_TUNE_LOGICAL_GPUS=1 passes it to every task and trial it starts.
+    Returns whether it joined a running cluster (False: it started a Ray of its own)."""
     import ray
 
     from .preflight import LOGICAL_GPUS_ENV
@@ -194,6 +210,7 @@ def connect_to_ray(address: str | None, default: str = "local") -> None:
     except ConnectionError as error:
         raise ValueError(f"{field}: {str(error).rstrip('.')}: check that the cluster is up (`ray status` on its head)"
                          + (", or leave it out to run on this machine" if default == "local" else "")) from None
+    return address != "local"
 
 
 def acquire_sweep_lock(storage: SweepStorage, what: str) -> FileLock:
@@ -275,7 +292,8 @@ def run_trials(args: argparse.Namespace, spec: SweepSpec, storage: SweepStorage,
     )
     scheduler = None
     if args.resume:
-        tuner = tune.Tuner.restore(storage.location, trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(storage.tune_path, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=storage.tune_filesystem)
     else:
         s = spec.search
         scheduler = build_scheduler(spec)
@@ -285,9 +303,11 @@ def run_trials(args: argparse.Namespace, spec: SweepSpec, storage: SweepStorage,
             tune_config=tune.TuneConfig(
                 metric=s.metric, mode=spec.mode, num_samples=s.num_samples,
                 max_concurrent_trials=s.max_concurrent_trials, search_alg=build_searcher(spec), scheduler=scheduler,
+                trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(
-                name=spec.name, storage_path=storage.parent, callbacks=[logger], verbose=1,  # status table only
+                name=spec.name, storage_path=storage.tune_path.rsplit("/", 1)[0],
+                storage_filesystem=storage.tune_filesystem, callbacks=[logger], verbose=1,  # status table only
                 failure_config=tune.FailureConfig(max_failures=s.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),

@@ -20,6 +20,7 @@ from .distill import DistillConfig
 from .loop import TrainConfig
 from .models import MODELS
 from .params import Param, Setting, build, check, flatten, setting, settings
+from .storage import TRIAL_DIR_PREFIX, WORKER_SCRATCH_DIR
 from .teacher import TeacherRecipe
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")  # grid: every value, in every sample
@@ -290,6 +291,9 @@ def parse_space(raw: Any, file: Path | str = "<space>") -> SweepSpec:
     if not re.fullmatch(SWEEP_NAME, name):
         reader.fail("name", f"must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (it names "
                             f"folders, a Ray experiment and an MLflow experiment), got {name!r}")
+    if name.startswith(TRIAL_DIR_PREFIX) or name == WORKER_SCRATCH_DIR:
+        reader.fail("name", f"must not start with {TRIAL_DIR_PREFIX!r} nor be {WORKER_SCRATCH_DIR!r}: worker nodes may "
+                            f"write in folders of those names (cluster/README.md), got {name!r}")
     data = reader.section(DataSpec, raw.get("data"), "data")
     try:
         data = replace(data, source=absolute_source(data.source))

@@ -24,18 +24,20 @@ from .loop import Trainer, default_device, evaluate, evaluation_loader
 from .models import build_model, load_model, save_model
 from .preflight import LOGICAL_GPUS_ENV
 from .space import SweepSpec, run_params, trial_configs
-from .storage import SweepStorage
+from .storage import WORKER_SCRATCH_DIR, SweepStorage
 from .strategy import SETUP_ERROR
 from .teacher import TeacherProgress, obtain_teacher
 
-# In a sweep's storage: the state of a teacher in training after its last epoch, by its cache key.
-TEACHER_PROGRESS_DIR = "teacher-progress"
+# In a sweep's storage: the teacher that provide_teacher trained or took; the driver publishes it as TEACHER_FILE.
+PROVIDED_TEACHER = f"{WORKER_SCRATCH_DIR}/{TEACHER_FILE}"
 
 
 def provide_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
     """Train the teacher (or take it from this node's cache, or from teacher.checkpoint), check it against the arch
-    and the class count, and put it in the sweep's storage for every trial. Returns its metadata. Its training
-    keeps its state in the storage every epoch: a retry on another node (a spot reclaim) continues from there."""
+    and the class count, and put it in the sweep's storage as PROVIDED_TEACHER. Returns its metadata. Its training
+    keeps its state in the storage every epoch: a retry on another node (a spot reclaim) continues from there.
+    Runs on a worker node, which writes only below WORKER_SCRATCH_DIR: the driver publishes the file for the trials
+    (search.publish_teacher)."""
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     if not spec.teacher.checkpoint:  # trained here (a given one is checked by the driver, which may have no GPU)
         check_gpu_visible(spec)
@@ -43,13 +45,13 @@ def provide_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
     checkpoint = Path(spec.teacher.checkpoint).expanduser() if spec.teacher.checkpoint else None
 
     def restore(key: str, local: Path) -> bool:  # a retried task (max_retries) continues from the last epoch
-        kept = f"{TEACHER_PROGRESS_DIR}/{key}.pt"
+        kept = f"{WORKER_SCRATCH_DIR}/{key}.pt"
         return storage.exists(kept) and storage.get(kept, local) is not None
 
-    progress = TeacherProgress(restore, lambda key, local: storage.put(local, f"{TEACHER_PROGRESS_DIR}/{key}.pt"))
+    progress = TeacherProgress(restore, lambda key, local: storage.put(local, f"{WORKER_SCRATCH_DIR}/{key}.pt"))
     _, local_file, metadata = obtain_teacher(splits, spec.teacher.arch, spec.teacher.recipe,
                                              spec.data.val_fraction, checkpoint=checkpoint, progress=progress)
-    storage.put(local_file, TEACHER_FILE)
+    storage.put(local_file, PROVIDED_TEACHER)
     return metadata
 
 

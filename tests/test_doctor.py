@@ -12,11 +12,16 @@ from gkd_tune.storage import SweepStorage
 STORAGE = SweepStorage("/shared/runs/sweep")
 
 
+STEP_OK = {"device": "cuda:0", "compile": "cudagraphs", "ok": True, "seconds": 41.2, "error": None}
+
+
 def node(gpus=1.0, cuda=("NVIDIA A10G",), cuda_error=None, logical=False, auth="token", storage_error=None,
-         visible=True, error=None) -> doctor.NodeFindings:
+         visible=True, error=None, steps=(STEP_OK,), on_driver_disk=False) -> doctor.NodeFindings:
     seen = None if error else {"cuda": list(cuda), "cuda_error": cuda_error, "torch_cuda": "12.8", "driver": "570.1",
-                               "gpu_ids": ["0"], "logical_gpus": logical, "auth": auth, "storage_error": storage_error}
-    return doctor.NodeFindings("f" * 56, "10.0.1.7", False, 4.0, gpus, seen=seen, error=error, file_visible=visible)
+                               "gpu_ids": ["0"], "logical_gpus": logical, "auth": auth, "storage_error": storage_error,
+                               "steps": list(steps)}
+    return doctor.NodeFindings("f" * 56, "10.0.1.7", False, 4.0, gpus, seen=seen, error=error, file_visible=visible,
+                               storage_on_driver_disk=on_driver_disk)
 
 
 def test_a_healthy_gpu_node_has_no_problem_and_its_row_names_the_card_and_the_driver():
@@ -25,7 +30,7 @@ def test_a_healthy_gpu_node_has_no_problem_and_its_row_names_the_card_and_the_dr
     healthy.problems = []
     row = doctor.table([healthy]).splitlines()[1]
     assert re.search(r"ffffffff \(10.0.1.7\) +4 CPU, 1 GPU +1 x NVIDIA A10G \(CUDA 12.8, driver 570.1\) +"
-                     r"read\+write +token +ok$", row), row
+                     r"ok \(cudagraphs, 41 s\) +read\+write +token +ok$", row), row
 
 
 @pytest.mark.parametrize("findings, problem", [
@@ -34,12 +39,23 @@ def test_a_healthy_gpu_node_has_no_problem_and_its_row_names_the_card_and_the_dr
     (node(gpus=2.0), r"advertises GPU: 2, torch sees 1 CUDA device:"),
     (node(cuda=(), cuda_error="RuntimeError: The NVIDIA driver on your system is too old"),
      r"torch sees 0 CUDA devices \(RuntimeError: The NVIDIA driver on your system is too old\)"),
-    (node(cuda=(), logical=True, gpus=2.0), None),  # logical GPUs, allowed where the sweep starts
+    (node(cuda=(), logical=True, gpus=2.0, steps=()), None),  # logical GPUs, allowed where the sweep starts
+    # torch lists the card, but its kernel fails (a driver/runtime mismatch after enumeration, an Xid error)
+    (node(cuda_error="RuntimeError: CUDA error: no kernel image is available", steps=()),
+     r"node ffffffff \(10.0.1.7\): torch sees 1 CUDA device but a kernel fails there \(RuntimeError: CUDA error: "
+     r"no kernel image is available\): check that its driver runs CUDA 12.8"),
+    (node(steps=({**STEP_OK, "ok": False, "error": "OutOfMemoryError: CUDA out of memory. Tried to allocate"},)),
+     r"a step of the space's trial fails on cuda:0 \(compile cudagraphs\): OutOfMemoryError: CUDA out of memory. "
+     r"Tried to allocate \(lower training.batch_size, or use a larger GPU\); its trials would fail"),
+    (node(steps=({**STEP_OK, "ok": False, "error": "BackendCompilerFailed: backend='inductor' raised"},)),
+     r"fails on cuda:0 \(compile cudagraphs\): BackendCompilerFailed: backend='inductor' raised; its trials"),
     (node(auth="off"), r"runs Ray without token authentication"),
     (node(storage_error="PermissionError: denied"), r"cannot write and read /shared/runs/sweep: PermissionError"),
     (node(visible=False), r"/shared/runs/sweep is not shared: what node ffffffff \(10.0.1.7\) wrote there is not "
                           r"visible from the driver's node"),
     (node(error="no answer within 300 s"), r"node ffffffff \(10.0.1.7\): no answer within 300 s"),
+    # a path on the driver's disk: not shared, though the fake cluster's node reads it (the driver's check says why)
+    (node(on_driver_disk=True), None),
 ])
 def test_each_mismatch_is_one_problem_naming_the_node(findings, problem):
     problems = doctor.judge(findings, STORAGE)
@@ -49,6 +65,29 @@ def test_each_mismatch_is_one_problem_naming_the_node(findings, problem):
         assert len(problems) == 1 and re.search(problem, problems[0]), problems
         findings.problems = problems
         assert doctor.table([findings]).splitlines()[1].endswith("PROBLEM")
+
+
+def test_a_node_whose_storage_is_the_drivers_disk_is_marked_not_shared():
+    assert node(on_driver_disk=True).storage == "not shared" and node().storage == "read+write"
+
+
+def test_the_trial_step_runs_the_spaces_nets_at_its_batch_size_and_names_what_fails(monkeypatch):
+    import torch
+
+    from gkd_tune.space import parse_space
+
+    space = parse_space({"name": "s", "teacher": {"arch": "resnet8"}, "student": "resnet8",
+                         "training": {"batch_size": 8, "compile": "off"},
+                         "params": {"method": "gompertz", "b": {"uniform": [1.0, 5.0]}}}, "x.yaml")
+    step = doctor.trial_step(space, torch.device("cpu"))
+    assert step["ok"] and step["error"] is None and step["compile"] == "off" and step["seconds"] > 0, step
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("gkd_tune.loop.Trainer.train_step", out_of_memory)
+    failed = doctor.trial_step(space, torch.device("cpu"))
+    assert not failed["ok"] and failed["error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
 @pytest.mark.parametrize("argv, message", [

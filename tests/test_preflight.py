@@ -57,10 +57,11 @@ def test_a_cluster_that_does_not_provide_a_trials_resources_in_time_is_named_not
 
     import ray
 
-    from gkd_tune.preflight import wait_for_cluster_resources
+    from gkd_tune.preflight import cluster_spans_nodes, wait_for_cluster_resources
 
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False)
     try:
+        assert not cluster_spans_nodes()  # a Ray of its own: one node, and no autoscaler to add any
         wait_for_cluster_resources(spec(cpu=2))  # provided at once: silent
         assert capsys.readouterr().out == ""
         started = time.time()
@@ -74,3 +75,58 @@ def test_a_cluster_that_does_not_provide_a_trials_resources_in_time_is_named_not
         wait_for_cluster_resources(spec(cpu=2))  # the request was withdrawn: the CPUs are free again
     finally:
         ray.shutdown()
+
+
+MOUNTS = """overlay / overlay rw,relatime 0 0
+/dev/vda1 /data ext4 rw,relatime 0 0
+fs-0abc.efs.us-west-2.amazonaws.com:/ /mnt/efs nfs4 rw,relatime 0 0
+/dev/vdb /mnt/my\\040disk xfs rw 0 0
+"""
+
+
+@pytest.mark.parametrize("storage_path, verdict", [
+    ("/data/runs", "on this node's disk (ext4)"),
+    ("/mnt/efs/runs", None),  # NFS: every node mounts it
+    ("file:///mnt/efs/runs", None),
+    ("/mnt/efsx/runs", "on this node's disk (overlay)"),  # a prefix of a mount point's name is not below it
+    ("/mnt/my disk/runs", "on this node's disk (xfs)"),  # /proc/mounts writes a space as \040
+    ("s3://bucket/runs?endpoint_override=10.0.0.5:8333", None),
+    ("gs://bucket/runs", None),
+])
+def test_which_storage_paths_are_on_this_node_alone(storage_path, verdict):
+    from gkd_tune.preflight import node_local_storage
+
+    assert node_local_storage(storage_path, MOUNTS) == verdict
+
+
+@pytest.mark.parametrize("uri, local", [
+    ("sqlite:///mlflow.db", True), ("file:///x/mlruns", True), ("mlruns", True), ("/abs/mlruns", True),
+    ("http://127.0.0.1:5000", False), ("https://mlflow.example.com", False), ("databricks", False),
+    ("postgresql://u@db:5432/mlflow", False),
+])
+def test_which_tracking_stores_are_files_on_this_node(uri, local):
+    from gkd_tune.preflight import node_local_tracking
+
+    assert node_local_tracking(uri) is local
+
+
+def test_a_cluster_that_spans_nodes_refuses_this_nodes_disk_and_a_tracking_file_naming_the_flags(monkeypatch):
+    from gkd_tune import preflight
+
+    local = parse_space({"name": "s", "storage_path": "/data/runs", "tracking": {"uri": "sqlite:///mlflow.db"}},
+                        "x.yaml")
+    shared = local.with_overrides(storage_path="s3://bucket/runs", tracking_uri="http://127.0.0.1:5000")
+    monkeypatch.setattr(preflight, "cluster_spans_nodes", lambda: True)
+    with pytest.raises(ValueError) as refused:
+        preflight.check_shared_with_cluster(local, MOUNTS)
+    assert str(refused.value) == (
+        "storage_path /data/runs is on this node's disk (ext4) and tracking.uri sqlite:///mlflow.db is a file on this "
+        "node, but this Ray cluster spans several nodes (or its autoscaler adds them): pass --storage-path "
+        "s3://BUCKET/PREFIX (or another URI every node reads, or a network filesystem every node mounts) "
+        "--tracking-uri http://127.0.0.1:5000 (an MLflow server: cluster/gpu.yaml starts one on the head)")
+    with pytest.raises(ValueError, match=r"^tracking.uri file:///x/mlruns is a file on this node, but .* pass "
+                                         r"--tracking-uri http://127.0.0.1:5000 \(an MLflow server"):
+        preflight.check_shared_with_cluster(shared.with_overrides(tracking_uri="file:///x/mlruns"), MOUNTS)
+    preflight.check_shared_with_cluster(shared, MOUNTS)
+    monkeypatch.setattr(preflight, "cluster_spans_nodes", lambda: False)  # one machine: its own disk is fine
+    preflight.check_shared_with_cluster(local, MOUNTS)

@@ -28,6 +28,9 @@ def test_checkpoint_locations_can_be_typed_elsewhere():
     assert checkpoint_location(checkpoint("local", "/runs/s/t/checkpoint_000003")) == "/runs/s/t/checkpoint_000003"
     assert checkpoint_location(checkpoint("s3", "bucket/runs/s/t/c")) == "s3://bucket/runs/s/t/c"
     assert checkpoint_location(checkpoint("gcs", "bucket/runs/s/t/c")) == "gs://bucket/runs/s/t/c"
+    # an S3-compatible store: the endpoint Tune's path has lost comes back from the storage path
+    assert checkpoint_location(checkpoint("s3", "bucket/runs/s/t/c"), "s3://bucket/runs?endpoint_override=h:1",
+                               "student.pt") == "s3://bucket/runs/s/t/c/student.pt?endpoint_override=h:1"
 
 
 def result(trial_id, epoch, value, metric, loss=1.0, error=None):

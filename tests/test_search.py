@@ -78,12 +78,12 @@ def test_quickstart_sweep_interrupted_then_killed_then_resumed(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
 
     def start_then_signal(extra: list[str], checkpoints: int, signal_number: int, log_name: str) -> int:
-        before = set(storage.glob("quickstart/train_trial_*/checkpoint_*"))
+        before = set(storage.glob("quickstart/trial-*/checkpoint_*"))
         with open(tmp_path / log_name, "w") as log:
             driver = subprocess.Popen(argv + extra, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
             deadline = time.time() + 400  # until this driver's trials have saved `checkpoints` new epochs
             while time.time() < deadline and driver.poll() is None:
-                if len(set(storage.glob("quickstart/train_trial_*/checkpoint_*")) - before) >= checkpoints:
+                if len(set(storage.glob("quickstart/trial-*/checkpoint_*")) - before) >= checkpoints:
                     break
                 time.sleep(2)
             driver.send_signal(signal_number)

@@ -112,6 +112,8 @@ def bad(change):
     ({"name": "my sweep"}, r"name: must be 1-64 letters, digits, '.', '_' or '-'.*got 'my sweep'"),
     ({"name": "it's"}, r"name: must be 1-64 letters"),
     ({"name": "../up"}, r"name: must be 1-64 letters"),
+    ({"name": "trial-1"}, r"name: must not start with 'trial-' nor be 'teacher-progress': worker nodes may write"),
+    ({"name": "teacher-progress"}, r"name: must not start with 'trial-' nor be 'teacher-progress'"),
 ])
 def test_each_error_names_file_field_and_what_is_allowed(change, message):
     with pytest.raises(SpaceError, match=message):
