@@ -47,3 +47,7 @@ def make_splits(n_train=64, n_val=32, classes=3, seed=0, name="tiny"):
 @pytest.fixture
 def tiny_splits():
     return make_splits()
+
+
+# the real servers of the `realstack` tests (S3, PostgreSQL, an MLflow server on both), one each per session
+from realstack import mlflow_server, postgres, seaweedfs  # noqa: E402,F401

@@ -1,14 +1,17 @@
 """The cluster files: gpu.yaml checked offline against the installed Ray's own cluster schema; local.yaml started for
-real (Ray's fake multi-node autoscaler, token auth on) to run a sweep over two worker nodes and lose one midway."""
+real (Ray's fake multi-node autoscaler, token auth on) to run a sweep over two worker nodes, on S3 and a tracking
+server on PostgreSQL (tests/realstack.py), and lose one node midway."""
 
 import json
 import os
 import re
+import shutil
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ import ray
 import yaml
 from ray._common.utils import get_ray_address_file
 from ray.autoscaler._private.util import prepare_config, validate_config
+from realstack import ARTIFACTS_PREFIX, HEAD_KEYS, RUNS_PREFIX, WORKER_KEYS, free_port
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,12 +97,6 @@ def test_local_cluster_file_matches_rays_schema():
 # ------------------------------------------------------------------------------------------------ live cluster
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def processes_matching(pattern: re.Pattern) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -145,10 +143,23 @@ def lose_node(node_id: str) -> None:
         kill(descendants(raylet) + [raylet])
 
 
+@dataclass(frozen=True)
+class LocalCluster:
+    address: str
+    env: dict  # the driver's: token auth, and the head's S3 credentials
+    temp_dir: Path  # Ray's session folders (the driver's staging of Tune's results among them)
+
+
 @pytest.fixture(scope="module")
-def local_cluster(tmp_path_factory):
+def local_cluster(tmp_path_factory, seaweedfs):
     """cluster/local.yaml started as its comment says (on a free port), with token authentication on; shared by the
-    tests below (the doctor's, then the sweep's, which finds the worker the doctor had started)."""
+    tests below (the doctor's, then the sweep's, which finds the worker the doctor had started).
+
+    The nodes run with the workers' S3 credentials (cluster/README.md's worker policy: their trials' folders and
+    teacher-progress/ only), the drivers with the head's, as on gpu.yaml's instance profiles: the fake nodes share a
+    disk but not the rights, so a write that only the head may make fails the sweep here as it would on AWS. The
+    head's come from a credentials file, as an instance profile's come from outside the environment (Ray Tune hands
+    a driver's AWS_* variables to its trials)."""
     tmp_path = tmp_path_factory.mktemp("cluster")
     port = free_port()
     config = yaml.safe_load(LOCAL_YAML.read_text())
@@ -160,18 +171,19 @@ def local_cluster(tmp_path_factory):
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)
     address = f"127.0.0.1:{port}"
+    temp_dir = Path(tempfile.mkdtemp(prefix="gkdray-"))  # short: Ray's socket paths live below it
     log = open(tmp_path / "head.log", "w")
     head = subprocess.Popen(
         [RAY_CLI, "start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false",
-         f"--autoscaling-config={config_file}", "--block"],
-        env=dict(env, RAY_FAKE_CLUSTER="1"), stdout=log, stderr=subprocess.STDOUT,
+         f"--autoscaling-config={config_file}", f"--temp-dir={temp_dir}", "--block"],
+        env=dict(env, RAY_FAKE_CLUSTER="1", **seaweedfs.env(WORKER_KEYS)), stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)
     try:
         deadline = time.time() + 90
         while ray_status(address, env).returncode != 0:
             assert time.time() < deadline and head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
             time.sleep(2)
-        yield address, env
+        yield LocalCluster(address, dict(env, **seaweedfs.profile_env(HEAD_KEYS, tmp_path)), temp_dir)
     finally:
         # every process of this cluster (head, GCS, raylets, workers) names its port; the fake provider's worker
         # raylets outlive the head otherwise (`ray stop` would catch them, and any other Ray on this machine too)
@@ -182,6 +194,7 @@ def local_cluster(tmp_path_factory):
         current = Path(get_ray_address_file(None))
         if current.exists() and current.read_text().strip().endswith(f":{port}"):
             current.unlink()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 RAY_CLI = str(Path(sys.executable).parent / "ray")
@@ -193,7 +206,7 @@ def ray_status(address: str, env: dict) -> subprocess.CompletedProcess:
 
 
 SWEEP = """
-name: cluster-test
+name: {name}
 data: {{source: digits}}
 teacher: {{arch: resnet8, epochs: 1}}
 student: resnet8
@@ -201,74 +214,119 @@ training: {{max_epochs: 2, batch_size: 64}}
 params: {{method: gompertz, b: {{uniform: [1.0, 5.0]}}, c: {{uniform: [2.0, 10.0]}}, tau: 4.0, lr: 0.1}}
 search: {{num_samples: 4, max_concurrent_trials: 4, grace_period: 2, max_failures: 3}}
 resources: {{cpu: 1, gpu: 0.5}}
-tracking: {{uri: "sqlite:///{db}"}}
+tracking: {{uri: "{tracking}"}}
 storage_path: "{storage}"
 """
 
 
-def trial_results(sweep: Path) -> dict[str, list[dict]]:
-    """Every result a trial reported, in order, from the result.json Tune writes in the shared storage."""
+def space_file(folder: Path, name: str, storage: str, tracking: str) -> Path:
+    space = folder / f"{name}.yaml"
+    space.write_text(SWEEP.format(name=name, storage=storage, tracking=tracking))
+    return space
+
+
+def staged_results(cluster: LocalCluster, name: str) -> dict[str, list[dict]]:
+    """Every result a trial reported so far, in order, from the result.json that Tune's driver stages in its
+    session folder before it syncs the sweep's folder to S3."""
     results = {}
-    for file in sweep.glob("train_trial_*/result.json"):
+    for file in cluster.temp_dir.glob(f"session_*/artifacts/*/{name}/driver_artifacts/trial-*/result.json"):
         rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
         if rows:
             results[rows[0]["trial_id"]] = rows
     return results
 
 
-@pytest.mark.slow
-def test_doctor_finds_the_fake_clusters_gpus_are_not_cuda_devices_unless_told_they_are_logical(local_cluster,
-                                                                                              tmp_path):
-    address, env = local_cluster
-    space = tmp_path / "space.yaml"
-    space.write_text(SWEEP.format(db=tmp_path / "mlflow.db", storage=f"file://{tmp_path / 'shared'}"))
-    command = [sys.executable, "-m", "gkd_tune.doctor", "--space", str(space), "--address", address]
+def s3_results(seaweedfs, name: str) -> dict[str, list[dict]]:
+    """The same, from the sweep's folder in S3."""
+    results = {}
+    for key in seaweedfs.keys(f"{RUNS_PREFIX}/{name}"):
+        if key.endswith("/result.json"):
+            with seaweedfs.filesystem().open_input_stream(f"{seaweedfs.bucket}/{key}") as stream:
+                rows = [json.loads(line) for line in stream.read().decode().splitlines() if line.strip()]
+            if rows:
+                results[rows[0]["trial_id"]] = rows
+    return results
 
-    # no GPU worker is up (min_workers 0): the doctor asks for a trial's resources, the autoscaler starts one
-    found = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+
+@pytest.mark.slow
+@pytest.mark.realstack
+def test_doctor_on_the_fake_cluster_finds_logical_gpus_and_storage_on_one_nodes_disk_and_passes_s3(
+        local_cluster, seaweedfs, mlflow_server, tmp_path):
+    # node-local storage and a sqlite store, and the nodes' logical GPUs, which the driver was not told about: no
+    # GPU worker is up (min_workers 0), the doctor asks for a trial's resources and the autoscaler starts one
+    local = space_file(tmp_path, "doctor-local", str(tmp_path / "shared"), f"sqlite:///{tmp_path / 'mlflow.db'}")
+    command = [sys.executable, "-m", "gkd_tune.doctor", "--address", local_cluster.address, "--space"]
+    found = subprocess.run(command + [str(local)], cwd=tmp_path, env=local_cluster.env, capture_output=True,
+                           text=True, timeout=500)
     printed = found.stdout + found.stderr
     assert found.returncode == 1, printed
     rows = [line for line in found.stdout.splitlines() if re.match(r"[0-9a-f]{8} \(", line)]  # the table's
     head = next(row for row in rows if ", head)" in row)
     workers = [row for row in rows if row is not head]
-    assert re.search(r"0 CPU, 0 GPU +0 CUDA devices +read\+write +token +ok$", head), printed
-    assert workers and all(re.search(r"2 CPU, 1 GPU +0 CUDA devices +read\+write +token +PROBLEM$", row)
+    assert re.search(r"0 CPU, 0 GPU +0 CUDA devices +- +read\+write +token +ok$", head), printed
+    assert workers and all(re.search(r"2 CPU, 1 GPU +0 CUDA devices +- +not shared +token +PROBLEM$", row)
                            for row in workers), printed
     assert re.search(r"advertises GPU: 1, torch sees 0 CUDA devices: its container needs the GPUs \(--gpus all\)",
                      found.stderr), printed
+    assert re.search(rf"- storage_path {tmp_path / 'shared'} is on this node's disk \(\w+\) and tracking.uri "
+                     r"sqlite:///\S+ is a file on this node, but this Ray cluster spans several nodes .*: pass "
+                     r"--storage-path s3://BUCKET/PREFIX .* --tracking-uri http://127.0.0.1:5000", found.stderr), printed
     assert "a client with a wrong token is refused: ok" in found.stdout
-    assert f"{tmp_path / 'shared'}/cluster-test written from every node and read back from the driver's: ok" in \
-        found.stdout
 
-    # the opt-out, where the driver starts: the same cluster passes, and the doctor left nothing in the storage
-    passed = subprocess.run(command, cwd=tmp_path, env=dict(env, GKD_TUNE_LOGICAL_GPUS="1"), capture_output=True,
-                            text=True, timeout=400)
+    # S3 and the tracking server, and the opt-out for logical GPUs where the driver starts: the same cluster passes,
+    # every node (the workers with their own credentials) wrote and read its probe, and none is left in the bucket
+    shared = space_file(tmp_path, "doctor-s3", seaweedfs.uri(RUNS_PREFIX), mlflow_server.uri)
+    passed = subprocess.run(command + [str(shared)], cwd=tmp_path, env=dict(local_cluster.env, GKD_TUNE_LOGICAL_GPUS="1"),
+                            capture_output=True, text=True, timeout=500)
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert "logical GPUs: GKD_TUNE_LOGICAL_GPUS=1" in passed.stdout and "no problem found" in passed.stdout
-    assert list((tmp_path / "shared" / "cluster-test").iterdir()) == []
+    assert all(row.endswith("read+write  token  ok") for row in passed.stdout.splitlines()
+               if re.match(r"[0-9a-f]{8} \(", row)), passed.stdout
+    assert seaweedfs.keys(f"{RUNS_PREFIX}/doctor-s3") == []
 
 
 @pytest.mark.slow
-def test_sweep_on_the_local_cluster_survives_losing_a_node(local_cluster, tmp_path):
-    address, env = local_cluster
-    env = dict(env, GKD_TUNE_LOGICAL_GPUS="1")  # the fake nodes' GPUs are logical: trials run on the CPU
+@pytest.mark.realstack
+def test_a_sweep_joined_to_the_cluster_with_storage_on_this_nodes_disk_is_refused_at_once(local_cluster, tmp_path):
+    space = space_file(tmp_path, "refused", str(tmp_path / "shared"), f"sqlite:///{tmp_path / 'mlflow.db'}")
+    started = time.monotonic()
+    refused = subprocess.run([sys.executable, "-m", "gkd_tune.search", "--space", str(space), "--address",
+                              local_cluster.address], cwd=tmp_path, env=local_cluster.env, capture_output=True,
+                             text=True, timeout=120)
+    took = time.monotonic() - started
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    last = refused.stderr.splitlines()[-1]  # after Ray's "Connected to Ray cluster"
+    assert re.fullmatch(r"error: storage_path \S+ is on this node's disk \(\w+\) and tracking.uri \S+ is a file on "
+                        r"this node, but this Ray cluster spans several nodes \(or its autoscaler adds them\): pass "
+                        r"--storage-path s3://BUCKET/PREFIX .* --tracking-uri http://127.0.0.1:5000 .*", last), last
+    assert took < 10, f"refused after {took:.1f} s"
+    assert "teacher" not in refused.stdout.split("tracking ")[-1]  # nothing trained: the plan, then the refusal
+    assert not (tmp_path / "shared" / "refused").exists() or not any((tmp_path / "shared" / "refused").iterdir())
+    print(f"refused in {took:.1f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.realstack
+def test_sweep_on_the_local_cluster_over_s3_and_a_tracking_server_survives_losing_a_node(
+        local_cluster, seaweedfs, mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    env = dict(local_cluster.env, GKD_TUNE_LOGICAL_GPUS="1")  # the fake nodes' GPUs are logical
     # token auth is really on: the cluster answered the right token (the fixture), it refuses a wrong one
-    wrong = ray_status(address, dict(env, RAY_AUTH_TOKEN="not-the-token"))
+    wrong = ray_status(local_cluster.address, dict(env, RAY_AUTH_TOKEN="not-the-token"))
     assert wrong.returncode != 0 and "InvalidAuthToken" in wrong.stdout + wrong.stderr
 
-    storage, db = tmp_path / "shared", tmp_path / "mlflow.db"
-    space = tmp_path / "space.yaml"
-    space.write_text(SWEEP.format(db=db, storage=f"file://{storage}"))
-    sweep_dir = storage / "cluster-test"
+    name = "cluster-test"
+    space = space_file(tmp_path, name, seaweedfs.uri(RUNS_PREFIX), mlflow_server.uri)
     log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen([sys.executable, "-m", "gkd_tune.search", "--space", str(space), "--address", address],
-                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    driver = subprocess.Popen([sys.executable, "-m", "gkd_tune.search", "--space", str(space), "--address",
+                               local_cluster.address], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     # once trials report from two nodes, one node dies: the one whose trial reported last, so that its trials
     # still have an epoch to run
     deadline, first = time.time() + 420, {}
     while time.time() < deadline and driver.poll() is None:
-        first = {trial: rows[0] for trial, rows in trial_results(sweep_dir).items()}
+        first = {trial: rows[0] for trial, rows in staged_results(local_cluster, name).items()}
         if len({row["node_id"] for row in first.values()}) >= 2:
             break
         time.sleep(1)
@@ -276,18 +334,18 @@ def test_sweep_on_the_local_cluster_survives_losing_a_node(local_cluster, tmp_pa
         f"trials never spread over two nodes: {first}\n" + (tmp_path / "driver.log").read_text()[-3000:]
     latest = max(first.values(), key=lambda row: row["timestamp"])
     lost = latest["node_id"]
-    # Not within the instant after a report: Ray 2.60's controller can handle the node's failure before it has
-    # registered that report's checkpoint, and then restarts the trial from scratch (seen in 2 of 4 runs when
-    # the node died within a second of the report). The trial is mid-epoch 2 by now, with a checkpoint to go on from.
+    # Mid-epoch 2, not within the instant after a report: Ray 2.60's controller can handle the node's failure
+    # before it has registered that report's checkpoint, and then restarts the trial from scratch (seen in 2 of 4
+    # runs when the node died within a second of the report); MLflow would then still show each epoch once.
     time.sleep(max(0.0, latest["timestamp"] + 3 - time.time()))
     lose_node(lost)
 
     assert driver.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-5000:]
     printed = (tmp_path / "driver.log").read_text()
 
-    # every trial accounted for; those on the lost node went on elsewhere from their checkpoint, not from scratch
-    results = trial_results(sweep_dir)
-    assert len(results) == 4
+    # every trial accounted for, in S3; those on the lost node went on elsewhere from their S3 checkpoint
+    results = s3_results(seaweedfs, name)
+    assert len(results) == 4, sorted(results)
     moved = 0
     for trial, rows in results.items():
         epochs = [row["epoch"] for row in rows]
@@ -299,21 +357,37 @@ def test_sweep_on_the_local_cluster_survives_losing_a_node(local_cluster, tmp_pa
             assert epochs[switch] == epochs[switch - 1] + 1 > 1
     assert moved >= 1, {t: [r["node_id"][-5:] for r in rows] for t, rows in results.items()}
 
-    # all results in one MLflow store, and the best student readable from the driver's side
-    from mlflow.tracking import MlflowClient
+    # the teacher, the checkpoints and the students went through S3: the teacher published by the driver, the
+    # workers' scratch folder gone, and nothing the workers may not write (their credentials would have refused it)
+    keys = seaweedfs.keys(f"{RUNS_PREFIX}/{name}")
+    assert f"{RUNS_PREFIX}/{name}/teacher.pt" in keys and f"{RUNS_PREFIX}/{name}/tuner.pkl" in keys
+    assert not [key for key in keys if "/teacher-progress/" in key], keys
+    students = [key for key in keys if re.fullmatch(rf"{RUNS_PREFIX}/{name}/trial-\w+/checkpoint_\d+/student.pt", key)]
+    assert len(students) == 4, keys
 
-    client = MlflowClient(f"sqlite:///{db}")
-    experiment = client.get_experiment_by_name("cluster-test")
+    # all runs in the tracking server (PostgreSQL), each epoch once; students and the report in S3 through it
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name(name)
     runs = client.search_runs([experiment.experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(runs) == 5 and len(children) == 4
     for run in children:
         assert run.info.status == "FINISHED" and run.data.tags["gkd_tune.outcome"] == "completed"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
-    best = re.search(r"best student: (\S+)", printed)[1]
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied by the server
+    artifacts = seaweedfs.keys(f"{ARTIFACTS_PREFIX}/{experiment.experiment_id}")
+    assert sum(key.endswith("/artifacts/checkpoint/student.pt") for key in artifacts) == 4, artifacts
+    assert any(key.endswith("/artifacts/report/summary.md") for key in artifacts), artifacts
+
+    # the best student, printed as an S3 URI with its endpoint, loads from there
+    best = re.search(r"best student: (s3://\S+)", printed)[1]
+    assert f"?endpoint_override={seaweedfs.endpoint}" in best
+    import pyarrow.fs
     from gkd_tune.models import load_model
 
-    _, metadata = load_model(Path(best), "resnet8", 10)
+    _, path = pyarrow.fs.FileSystem.from_uri(best)  # pyarrow reads the URI as printed (with the head's keys here)
+    pyarrow.fs.copy_files(path, str(tmp_path / "best.pt"), source_filesystem=seaweedfs.filesystem())
+    _, metadata = load_model(tmp_path / "best.pt", "resnet8", 10)
     assert metadata["epoch"] == 2
     assert "4 trials: 4 completed" in printed and re.search(r"\n1 +\w+ +[0-9.]+ +0\.[0-9]{4} +2 ", printed)  # tested
 
@@ -355,7 +429,95 @@ def test_gpu_cluster_is_ready_for_a_real_account(tmp_path):
         excludes = [argument for pattern in patterns for argument in ("--exclude", pattern)]
         subprocess.run(["rsync", "-a", *excludes, str(tmp_path / store), str(tmp_path / "copy")], check=True)
         assert (tmp_path / "copy").read_text() == "runs"
-    assert re.search(r"curl -sf http://127.0.0.1:5000/health .*exit 1", start)
+    # (what these commands do when run is test_gpu_yaml_boots_its_head's: here, what is written in the file)
+    assert "http://127.0.0.1:5000/health" in start and "--workers 1" in start
+    assert config["initialization_commands"] == ["mkdir -p ~/gkd-tune-mlflow"]  # the -v source, as the SSH user
+    for node_type in types.values():  # Ray's containers run --net=host: one hop is the host's
+        assert node_type["node_config"]["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
+
+
+def test_the_head_may_launch_only_the_clusters_workers_and_retag_and_end_only_its_own_instances():
+    """cluster/README.md's head policy against gpu.yaml: RunInstances only for the worker types and market gpu.yaml
+    launches, tagged as this cluster at launch; CreateTags only at launch or on this cluster's instances;
+    TerminateInstances only on this cluster's; nothing of EC2 on every resource but Describe*."""
+    from realstack import readme_policy
+
+    config = prepared_gpu_config()
+    workers = [t["node_config"] for name, t in config["available_node_types"].items()
+               if name != config["head_node_type"]]
+    statements = readme_policy("gkd-tune-head", "bucket")["Statement"]
+
+    def allowing(action):
+        return [s for s in statements if action in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])]
+
+    launch_instance = [s for s in allowing("ec2:RunInstances") if str(s["Resource"]).endswith(":instance/*")]
+    assert len(launch_instance) == 1
+    conditions = launch_instance[0]["Condition"]["StringEquals"]
+    assert sorted(conditions["ec2:InstanceType"]) == sorted({w["InstanceType"] for w in workers})
+    assert conditions["aws:RequestTag/ray-cluster-name"] == config["cluster_name"]
+    spot = {w.get("InstanceMarketOptions", {}).get("MarketType", "on-demand") for w in workers}
+    assert [conditions["ec2:InstanceMarketType"]] == list(spot)
+    for statement in allowing("ec2:CreateTags"):
+        tests = statement["Condition"]["StringEquals"]
+        assert tests.get("ec2:CreateAction") == "RunInstances" or \
+            tests.get("aws:ResourceTag/ray-cluster-name") == config["cluster_name"], statement
+    for statement in allowing("ec2:TerminateInstances"):
+        assert statement["Condition"]["StringEquals"]["ec2:ResourceTag/ray-cluster-name"] == config["cluster_name"]
+    unconditioned = [s for s in statements if s["Resource"] == "*" and "Condition" not in s]
+    assert [s["Action"] for s in unconditioned] == ["ec2:Describe*"], unconditioned
+
+
+HEAD_BOOTSTRAP = ROOT / "tests" / "head_bootstrap.py"
+
+
+def boot_head(gpu_yaml: Path, scratch: Path) -> tuple[dict, dict, str]:
+    """gpu.yaml's head commands run as `ray up` runs them (tests/head_bootstrap.py): (the report of the steps up to
+    the start commands, the report of the start commands run twice, the log)."""
+    from realstack import missing
+
+    tools = ("unshare", "setpriv", "prlimit", "mount", "ip")
+    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in tools):
+        missing(f"booting gpu.yaml's head needs root (it plays docker: a root-owned volume folder, a container user "
+                f"of uid 1000) and {', '.join(tools)}")
+    for name in ("host-home", "container-home"):
+        (scratch / name).mkdir()
+        os.chown(scratch / name, 1000, 1000)
+    (scratch / "container-tmp").mkdir()
+    (scratch / "container-tmp").chmod(0o1777)
+    (scratch / "auth_token").write_text("gkd-tune-bootstrap-" + os.urandom(8).hex())
+    command = [sys.executable, str(HEAD_BOOTSTRAP), str(gpu_yaml), str(scratch)]
+    prepared = subprocess.run(["unshare", "--mount", *command, "prepare"], capture_output=True, text=True,
+                              timeout=900)
+    started = subprocess.run(["unshare", "--mount", "--net", "--pid", "--fork", "--mount-proc", *command, "start"],
+                             capture_output=True, text=True, timeout=600)
+    log = "".join((scratch / f"{phase}.log").read_text(errors="replace") for phase in ("prepare", "start")
+                  if (scratch / f"{phase}.log").exists())
+    for done in (prepared, started):
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + log[-3000:]
+    return json.loads(prepared.stdout.splitlines()[-1]), json.loads(started.stdout.splitlines()[-1]), log
+
+
+@pytest.mark.slow
+@pytest.mark.realstack
+def test_gpu_yaml_boots_its_head(tmp_path):
+    """`ray up`'s head commands, read from gpu.yaml and executed: as uid 1000, with a volume folder docker would
+    make as root, without curl, with the MLflow server really started, answering and writing; then once more, as the
+    next `ray up` runs them on the same container."""
+    prepared, started, log = boot_head(GPU_YAML, tmp_path)
+    failed = [step for step in prepared["steps"] + [s for run in started["runs"] for s in run["steps"]]
+              if step.get("exit", 0) != 0]
+    assert not failed, f"{failed}\n{log[-4000:]}"
+    # the volume folder was made by initialization_commands as the SSH user, not by dockerd as root
+    assert not [step for step in prepared["steps"] if step["step"] == "docker"], prepared["steps"]
+    assert started["state_folder_uid"] == 1000
+    first, second = started["runs"]
+    assert first["error"] is None and first["experiment"] is not None, first
+    assert {first["state_files"][name] for name in ("tracking.sqlite", "server.log")} == {1000}, first
+    assert len(first["mlflow_servers"]) == 1
+    # the second start: the old server gone, one new one, the runs kept in the store on the host's disk
+    assert second["error"] is None and second["experiment"] == first["experiment"], second
+    assert len(second["mlflow_servers"]) == 1 and second["mlflow_servers"] != first["mlflow_servers"], started
+    assert started["pid_file"] == str(second["mlflow_servers"][0])
 
 
 def test_cluster_readme_sets_token_auth_before_every_ray_job_command():
