@@ -50,10 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
     parser.add_argument("--seed", type=int, help="Optuna sampler seed (overrides search.seed)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (overrides tracking.uri; default "
-                        "sqlite:///mlflow.db in the working directory)")
+                        "sqlite:///mlflow.db in the working directory); on a cluster of several nodes, a tracking "
+                        "server such as http://127.0.0.1:5000 (cluster/gpu.yaml's, on the head)")
     parser.add_argument("--storage-path", help="where trials' checkpoints and the teacher go (overrides "
-                        "storage_path): a folder, or a URI such as s3://bucket/prefix; on a cluster, storage "
-                        "every node can read")
+                        "storage_path): a folder, or a URI such as s3://bucket/prefix (an S3-compatible store: "
+                        "s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http); on a cluster of several "
+                        "nodes, storage every node can read")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     parser.add_argument("--address", help="an existing Ray cluster, e.g. 'auto' or HEAD_IP:6379 (default: the "
                         "cluster in RAY_ADDRESS, as under `ray job submit`, else a new local one)")

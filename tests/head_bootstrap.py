@@ -48,7 +48,8 @@ def mount(*arguments: str) -> None:
 
 def enter_machine(scratch: Path, keep: list[Path]) -> None:
     """This process's view of the files: /home/ubuntu and /home/ray from SCRATCH, a private /tmp, and the paths in
-    `keep` (this Python's environment, SCRATCH) visible where they were, also below /tmp or /home."""
+    `keep` (this repository, this Python's environment, SCRATCH) visible where they were, also below /tmp or /home
+    (a CI clone may live there)."""
     mount("--make-rprivate", "/")
     mount("-t", "tmpfs", "tmpfs", "/mnt")
     saved = []
@@ -215,13 +216,13 @@ def main() -> int:
     from ray.autoscaler._private.util import prepare_config
 
     config = prepare_config(config)
-    keep = [Path(sys.prefix), scratch] + [Path(p) for p in sys.path if p.endswith("site-packages")]
+    repository = Path(__file__).resolve().parents[1]
+    keep = [repository, Path(sys.prefix), scratch] + [Path(p) for p in sys.path if p.endswith("site-packages")]
     enter_machine(scratch, keep)
     log = open(scratch / f"{phase}.log", "a")
     report = {"phase": phase}
     if phase == "prepare":
-        report["steps"] = prepare(config, Path(__file__).resolve().parents[1],
-                                  (scratch / "auth_token").read_text(), log)
+        report["steps"] = prepare(config, repository, (scratch / "auth_token").read_text(), log)
     else:  # start, twice, in this namespace
         bind_volumes(config)
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
