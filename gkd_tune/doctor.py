@@ -3,12 +3,13 @@ sees there and a few steps of a trial's training on each of them (its nets, batc
 sweep's storage written and read from that node; the tracking server from the driver; token authentication. One
 table, then each problem on a line of its own; exit code 1 on any problem.
 
-    python -m gkd_tune.doctor --space search_spaces/gompertz.yaml                                    # on the head
+    python -m gkd_tune.doctor --space search_spaces/gompertz.yaml --address auto                     # on the head
     ray job submit --address http://127.0.0.1:8265 -- python -m gkd_tune.doctor --space ...          # as a Ray job
 
-GPU workers start on demand (from 0 in cluster/gpu.yaml). Given a space, the doctor first asks the cluster for one
-trial's resources, as the sweep does (and waits as long, resources.wait_s), so that a GPU worker is up to be
-checked. Without --space it checks the nodes that are up, and neither storage nor tracking.
+It checks the cluster it is given (--address, or RAY_ADDRESS), never a Ray of its own. GPU workers start on demand
+(from 0 in cluster/gpu.yaml). Given a space, the doctor first asks the cluster for one trial's resources, as the
+sweep does (and waits as long, resources.wait_s), so that a GPU worker is up to be checked. Without --space it
+checks the nodes that are up, and neither storage nor tracking.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gkd_tune.doctor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--space", type=Path, help="the space file of the sweep to come: its storage_path, "
                         "tracking.uri and resources are checked (without it: the nodes' GPUs and auth only)")
-    parser.add_argument("--address", help="the Ray cluster (default: RAY_ADDRESS, as under `ray job submit`, else "
-                        "the cluster this machine belongs to)")
+    parser.add_argument("--address", help="the Ray cluster: HEAD_IP:6379, or auto for the one this machine belongs "
+                        "to (default: RAY_ADDRESS, as under `ray job submit`)")
     parser.add_argument("--storage-path", help="as for the sweep: overrides the space's storage_path")
     parser.add_argument("--tracking-uri", help="as for the sweep: overrides the space's tracking.uri")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
@@ -338,7 +339,7 @@ def check_wrong_token_refused() -> str | None:
 def diagnose(args: argparse.Namespace) -> int:
     import ray
 
-    from .search import connect_to_ray
+    from .runtime import connect_to_ray
 
     spec: SweepSpec | None = None
     if args.space:
@@ -351,7 +352,7 @@ def diagnose(args: argparse.Namespace) -> int:
         checks.append(("tracking", f"{spec.tracking.uri} usable from the driver", problem_of(check_tracking,
                                                                                         spec.tracking.uri)))
     check_given_cluster(args.address)
-    connect_to_ray(args.address, default="auto")
+    connect_to_ray(args.address, own_ray=False)  # never a Ray it was not given: that would check no cluster
     try:
         if spec:
             checks.append(("shared", "storage and tracking that every node of the cluster can use",

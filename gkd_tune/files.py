@@ -15,8 +15,10 @@ TEACHER_FILE = "teacher.pt"
 # In each Ray Tune checkpoint of a trial: the full trainer state (to continue) and the student alone (to use).
 TRAINER_FILE = "trainer.pt"
 STUDENT_FILE = "student.pt"
-# In a sweep's storage folder: the space file it started with (what --resume compares, what a report reads).
+# In a sweep's storage folder: the space file it started with, overrides written in (what --resume compares, what
+# a report reads); in a reproduction's, its configuration likewise (resume.py).
 SPACE_FILE = "space.yaml"
+REPRODUCTION_FILE = "reproduction.yaml"
 # A failed save with less free space than this on its device is reported as a full disk.
 DISK_FULL_BYTES = 1 << 20
 

@@ -20,7 +20,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import REPRODUCTION_FILE
 from .models import MODELS
+from .resume import check_resume, effective, record, resume_command
 from .space import SpaceError, SweepSpec, parse_space, read_yaml, run_params, trial_configs
 from .storage import SweepStorage, trial_dirname
 from .strategy import COMPLETED
@@ -204,13 +206,19 @@ def make_logger(reproduction: Reproduction, location: str):
     return ReproductionLogger(reproduction, location)
 
 
+def resume_command_for(args: argparse.Namespace) -> str:
+    return resume_command("gkd_tune.reproduce", {"--config": args.config, "--epochs": args.epochs,
+                                                 "--seeds": args.seeds, "--out": args.out, "--address": args.address})
+
+
 def run(args: argparse.Namespace, reproduction: Reproduction) -> int:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
     from ray import tune
 
     from .preflight import check_shared_with_cluster, check_storage, wait_for_cluster_resources
-    from .search import acquire_sweep_lock, connect_to_ray, publish_teacher, task_results, trial_task
+    from .runtime import acquire_sweep_lock, connect_to_ray, task_results, trial_task
+    from .search import publish_teacher
     from .tracking import SweepTracker
     from .trainable import provide_teacher
 
@@ -224,11 +232,16 @@ def run(args: argparse.Namespace, reproduction: Reproduction) -> int:
     check_storage(storage)
     lock = acquire_sweep_lock(storage, f"a reproduction named {spec.name!r}")
     try:
+        configuration = effective(args.config, {"training.max_epochs": args.epochs, "seeds": args.seeds})
+        if args.resume:
+            check_resume(storage, REPRODUCTION_FILE, configuration, reproduction.file)
         joined = connect_to_ray(args.address)
         try:
             if joined:  # a Ray started here is this one machine
                 check_shared_with_cluster(spec)
             wait_for_cluster_resources(spec)
+            if not args.resume:
+                record(storage, REPRODUCTION_FILE, configuration)
             teachers = {pair.teacher: storage.child("teachers").child(pair.teacher) for pair in reproduction.pairs}
             first_spec = {pair.teacher: reproduction.spec(i, reproduction.methods[0])
                           for i, pair in reversed(list(enumerate(reproduction.pairs)))}
@@ -256,7 +269,7 @@ def run_grid(args, reproduction: Reproduction, storage: SweepStorage, teachers: 
     from ray import tune
 
     from .report import summarise, write_parquet
-    from .search import trial_task
+    from .runtime import trial_task
     from .trainable import evaluate_on_test_split, evaluate_teacher_on_test_split
 
     spec = reproduction.any_spec
@@ -283,8 +296,7 @@ def run_grid(args, reproduction: Reproduction, storage: SweepStorage, teachers: 
     results = tuner.fit()
     if len(results) - results.num_terminated - results.num_errors or len(results) < len(reproduction.cells()):
         tracker.finish("KILLED")
-        print(f"\nThe reproduction was interrupted. Continue it with:\n  python -m gkd_tune.reproduce --config "
-              f"{reproduction.file} --resume")
+        print(f"\nThe reproduction was interrupted. Continue it with:\n  {resume_command_for(args)}")
         return 130
 
     trials = []  # (cell, its summary with the test metrics measured so far, its spec) of every trial
@@ -489,8 +501,8 @@ def main(argv: list[str] | None = None) -> int:
               f"trials of {reproduction.epochs} epochs on {reproduction.any_spec.data.source}", flush=True)
         check_before_ray(reproduction.any_spec, args.address)
         return run(args, reproduction)
-    except KeyboardInterrupt:
-        print("\ninterrupted: continue with --resume", file=sys.stderr)
+    except KeyboardInterrupt:  # before the trials started (Tune handles Ctrl-C itself once they run)
+        print("\ninterrupted before any trial started; nothing to resume", file=sys.stderr)
         return 130
     except Exception as error:
         return exit_with_one_line(error, args.debug)

@@ -11,30 +11,28 @@ continues with --resume.
 from __future__ import annotations
 
 import argparse
-import difflib
-import hashlib
 import math
 import os
-import shlex
 import sys
 import textwrap
 from pathlib import Path
 
-import yaml
-from filelock import FileLock, Timeout
-
-from .data import DataSourceError
-from .files import SPACE_FILE, TEACHER_FILE, cache_root
+from .files import SPACE_FILE, TEACHER_FILE
 from .params import declared_values
 from .errors import exit_with_one_line
 from .preflight import check_before_ray, check_shared_with_cluster, check_storage, wait_for_cluster_resources
+from .resume import check_resume, effective, record, resume_command
+from .runtime import acquire_sweep_lock, connect_to_ray, task_results, trial_task
 from .space import TRIAL_PARAMS, SweepSpec, load_space, tune_space
 from .storage import SweepStorage, trial_dirname
 
 EXIT_INTERRUPTED = 130
-# What --resume --accept-changes may change: how trials are run and reported, never what a trial computes.
-SAFE_TO_CHANGE = {"search.max_concurrent_trials", "search.max_failures", "search.test_top_k", "resources.cpu",
-                  "resources.gpu", "resources.wait_s", "tracking.uri", "storage_path"}
+# What --resume --accept-changes may change: what a restored sweep really applies (gkd-tune's own steps read them
+# anew); Tune restores its configs, callbacks and trials (their resources too) as they were pickled.
+SAFE_TO_CHANGE = frozenset({"search.test_top_k", "resources.wait_s"})
+# The command line's overrides, by the space file's dotted path: part of the sweep's record (resume.py).
+OVERRIDES = {"num_samples": "search.num_samples", "seed": "search.seed", "tracking_uri": "tracking.uri",
+             "storage_path": "storage_path"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this space")
     parser.add_argument("--accept-changes", action="store_true",
                         help="with --resume: allow a space file that differs from the one the sweep started with in "
-                             "keys that change no trial's result (search.max_concurrent_trials, search.max_failures, "
-                             "search.test_top_k, resources, tracking.uri)")
+                             "keys a restored sweep applies (search.test_top_k, resources.wait_s)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the space and print the resolved plan; train nothing")
     parser.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
@@ -135,31 +132,15 @@ def publish_teacher(storage: SweepStorage) -> None:
     storage.remove(WORKER_SCRATCH_DIR)
 
 
-def task_results(refs):
-    """ray.get, with a task's bad input (a ValueError: its data source, its teacher) raised as itself, so that the
-    command line prints it as one line and exits 2, not as a remote traceback."""
-    import ray
-    from ray.exceptions import RayTaskError
-
-    try:
-        return ray.get(refs)
-    except RayTaskError as error:
-        raise error.cause if isinstance(error.cause, (DataSourceError, ValueError)) else error
+def resume_command_for(args: argparse.Namespace) -> str:
+    return resume_command("gkd_tune.search", {
+        "--space": args.space, "--num-samples": args.num_samples, "--seed": args.seed,
+        "--tracking-uri": args.tracking_uri, "--storage-path": args.storage_path, "--address": args.address})
 
 
-def trial_task(function, spec: SweepSpec):
-    """`function` as a Ray task with a trial's CPUs and whole GPUs (so that on a cluster it lands on a GPU worker,
-    never on the CPU-only head), retried twice if its node is lost."""
-    import ray
-
-    return ray.remote(function).options(num_cpus=spec.resources.cpu, num_gpus=math.ceil(spec.resources.gpu),
-                                        max_retries=2)
-
-
-def resume_command(args: argparse.Namespace) -> str:
-    argv = [a for a in sys.argv[1:] if a != "--resume"] if sys.argv[0].endswith("search.py") else []
-    argv = argv or ["--space", str(args.space)]
-    return "python -m gkd_tune.search " + " ".join(shlex.quote(a) for a in argv) + " --resume"
+def effective_space(args: argparse.Namespace) -> dict:
+    """The sweep's record: its space file with this command line's overrides written in."""
+    return effective(args.space, {OVERRIDES[name]: getattr(args, name) for name in OVERRIDES})
 
 
 def run(args: argparse.Namespace, spec: SweepSpec) -> int:
@@ -178,90 +159,21 @@ def run(args: argparse.Namespace, spec: SweepSpec) -> int:
         if not args.resume and storage.has_experiment():
             raise ValueError(f"a sweep named {spec.name!r} already exists at {storage.location}: continue it with "
                              f"--resume, or give another name / --storage-path")
-        if args.resume:
-            check_unchanged(spec, storage, args.accept_changes)
+        if args.resume and check_resume(storage, SPACE_FILE, effective_space(args), spec.file, args.accept_changes,
+                                        SAFE_TO_CHANGE):
+            record(storage, SPACE_FILE, effective_space(args))  # what it continues with, accepted
         joined = connect_to_ray(args.address)
         try:
             if joined:  # a Ray started here is this one machine
                 check_shared_with_cluster(spec)
             wait_for_cluster_resources(spec)
             if not args.resume:
-                storage.put(Path(spec.file), SPACE_FILE)
+                record(storage, SPACE_FILE, effective_space(args))
             return sweep(args, spec, storage)
         finally:
             ray.shutdown()  # on a cluster: disconnects; the cluster stays
     finally:
         lock.release()
-
-
-def connect_to_ray(address: str | None, default: str = "local") -> bool:
-    """--address, else RAY_ADDRESS (`ray job submit` sets it), else `default`: for a sweep a new Ray on this machine
-    ("local"), because Ray's own default would join whatever `ray start` last recorded here, or fail on a cluster
-    that has died. A driver started with GKD_TUNE_LOGICAL_GPUS=1 passes it to every task and trial it starts.
-    Returns whether it joined a running cluster (False: it started a Ray of its own)."""
-    import ray
-
-    from .preflight import LOGICAL_GPUS_ENV
-
-    field = "--address" if address else "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else f"address {default!r}"
-    address = address or (default if not os.environ.get("RAY_ADDRESS") else None)
-    logical = os.environ.get(LOGICAL_GPUS_ENV) == "1"
-    try:
-        ray.init(address=address, include_dashboard=False,
-                 runtime_env={"env_vars": {LOGICAL_GPUS_ENV: "1"}} if logical else None)
-    except ConnectionError as error:
-        raise ValueError(f"{field}: {str(error).rstrip('.')}: check that the cluster is up (`ray status` on its head)"
-                         + (", or leave it out to run on this machine" if default == "local" else "")) from None
-    return address != "local"
-
-
-def acquire_sweep_lock(storage: SweepStorage, what: str) -> FileLock:
-    lock = sweep_lock(storage)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise ValueError(f"{what} is already running from this machine ({storage.location}): wait for it to end, "
-                         f"or give another name / --storage-path") from None
-    return lock
-
-
-def sweep_lock(storage: SweepStorage) -> FileLock:
-    """One driver per sweep on this machine (on a cluster every driver runs on the head), taken before the teacher
-    step, during which Tune has written nothing that would show the sweep exists."""
-    lock_file = cache_root() / "locks" / f"{hashlib.sha256(storage.location.encode()).hexdigest()[:16]}.lock"
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(lock_file)
-
-
-def check_unchanged(spec: SweepSpec, storage: SweepStorage, accept_changes: bool) -> None:
-    """--resume with the space file the sweep started with: trials, Optuna and MLflow would otherwise disagree on
-    what a sweep is. Only keys that change no trial's result may differ, and only with --accept-changes."""
-    import tempfile
-
-    if not storage.exists(SPACE_FILE):  # a sweep started by an older gkd-tune: nothing to compare with
-        return
-    with tempfile.TemporaryDirectory() as directory:
-        started = storage.get(SPACE_FILE, Path(directory) / SPACE_FILE).read_text()
-    now = Path(spec.file).read_text()
-    changed = changed_keys(yaml.safe_load(started), yaml.safe_load(now))
-    if not changed or (accept_changes and set(changed) <= SAFE_TO_CHANGE):
-        return
-    diff = "".join(difflib.unified_diff(started.splitlines(True), now.splitlines(True), "started with", spec.file))
-    print(diff, file=sys.stderr)
-    unsafe = [key for key in changed if key not in SAFE_TO_CHANGE]
-    raise ValueError(
-        f"--resume: {spec.file} differs from the space this sweep started with ({', '.join(changed)}; the diff is "
-        f"above): resume with the original file" + (f"; --accept-changes allows only {', '.join(sorted(SAFE_TO_CHANGE))}"
-                                                   f", not {', '.join(unsafe)}" if unsafe else
-                                                   ", or pass --accept-changes (these keys change no trial's result)"))
-
-
-def changed_keys(before, after, prefix: str = "") -> list[str]:
-    """Dotted paths of the values that differ between two parsed YAML documents."""
-    if isinstance(before, dict) and isinstance(after, dict):
-        return [path for key in sorted(set(before) | set(after), key=str)
-                for path in changed_keys(before.get(key), after.get(key), f"{prefix}{key}.")]
-    return [] if before == after else [prefix.rstrip(".")]
 
 
 def sweep(args: argparse.Namespace, spec: SweepSpec, storage: SweepStorage) -> int:
@@ -320,7 +232,7 @@ def run_trials(args: argparse.Namespace, spec: SweepSpec, storage: SweepStorage,
     if unfinished or len(results) < spec.trial_count:
         tracker.finish("KILLED")
         print(f"\nThe sweep was interrupted ({results.num_terminated} of {spec.trial_count} trials ended). "
-              f"Continue it with:\n  {resume_command(args)}")
+              f"Continue it with:\n  {resume_command_for(args)}")
         return EXIT_INTERRUPTED
     trials = summarise(results, spec)
     best = winners(trials)

@@ -71,6 +71,8 @@ class SweepTracker:
         # found again by a hash of the location: a path may hold quotes that an MLflow filter string cannot
         key = hashlib.sha256(sweep_location.encode()).hexdigest()[:16]
         found = self.client.search_runs([self.experiment_id], f"tags.`{SWEEP_KEY_TAG}` = '{key}'", max_results=1)
+        # a finished sweep's run stays FINISHED: a --resume of it that fails leaves its records as they were
+        self.finished_before = bool(found) and found[0].info.status == "FINISHED"
         if found:
             self.parent_id = found[0].info.run_id
             if reopen:
@@ -129,7 +131,7 @@ class SweepTracker:
         if best_trial is not None:
             self.client.set_tag(self.parent_id, "best_trial", best_trial)
             self.client.log_metric(self.parent_id, f"best_{self.spec.search.metric}", best_value)
-        self.client.set_terminated(self.parent_id, status)
+        self.client.set_terminated(self.parent_id, "FINISHED" if self.finished_before else status)
 
 
 class MlflowTrialLogger(tune.Callback):

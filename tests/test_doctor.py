@@ -94,6 +94,7 @@ def test_the_trial_step_runs_the_spaces_nets_at_its_batch_size_and_names_what_fa
     (["--address", "127.0.0.1:1"], r"--address: no Ray cluster answers at 127.0.0.1:1"),
     (["--storage-path", "/x"], r"--storage-path and --tracking-uri need --space"),
     (["--space", "/nonexistent.yaml"], r"/nonexistent.yaml: file: does not exist"),
+    ([], r"--address: give the Ray cluster to check"),  # never a Ray of its own, nor any Ray it finds
 ])
 def test_bad_command_lines_are_one_line_errors(argv, message, capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

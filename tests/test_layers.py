@@ -15,7 +15,8 @@ LAYERS = [
     {"loop"},
     {"teacher"},
     {"space"},
-    {"strategy", "tracking", "report", "preflight"},  # search + early stopping; MLflow; summary; pre-start checks
+    {"strategy", "tracking", "report", "preflight", "resume"},  # search + early stopping; MLflow; summary; checks
+    {"runtime"},  # Ray as the commands use it
     {"train", "trainable"},
     {"search", "reproduce", "doctor"},
 ]

@@ -46,6 +46,13 @@ def test_a_bad_configuration_is_one_line_naming_the_field(tmp_path, monkeypatch,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing written
 
 
+def test_the_printed_resume_command_is_the_whole_command():
+    args = reproduce.build_parser().parse_args(["--config", "c.yaml", "--epochs", "2", "--seeds", "1", "--out", "o",
+                                                "--address", "10.0.0.5:6379"])
+    assert reproduce.resume_command_for(args) == \
+        "python -m gkd_tune.reproduce --config c.yaml --epochs 2 --seeds 1 --out o --address 10.0.0.5:6379 --resume"
+
+
 def test_a_teacher_task_that_cannot_read_its_data_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     """The teachers are trained by Ray tasks; bad input there is reported as itself, as a sweep reports it."""
     monkeypatch.chdir(tmp_path)
@@ -105,6 +112,17 @@ def test_a_smoke_reproduction_writes_a_table_that_the_parquet_rows_recompute(tmp
     figure = reproduce.radar(reproduce.load_config(tmp_path / "smoke.yaml"), rows)
     assert len(figure.axes[0].get_xticks()) == 1  # one axis per pair
 
+    # --resume with an edited configuration or other options is refused, writing nothing
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump({**config, "methods": {**config["methods"], "kd": {"tau": 4.0, "alpha": 0.5}}}))
+    for argv, changed in ((["--config", str(edited), "--epochs", "2"], "methods.kd.alpha"),
+                          (["--config", str(tmp_path / "smoke.yaml"), "--epochs", "3"], "training.max_epochs"),
+                          (["--config", str(tmp_path / "smoke.yaml"), "--epochs", "2", "--seeds", "3"], "seeds")):
+        capsys.readouterr()
+        assert reproduce.main([*argv, "--out", str(tmp_path / "out"), "--resume"]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert re.match(rf"error: --resume: .* differs from what this run started with \({changed}; ", last), last
+        assert (out / "table.md").read_text() == table
     # --resume of a finished reproduction trains and tests nothing again, and writes the same table
     assert reproduce.main(["--config", str(tmp_path / "smoke.yaml"), "--out", str(tmp_path / "out"),
                            "--epochs", "2", "--resume"]) == 0

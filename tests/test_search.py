@@ -138,6 +138,16 @@ def test_quickstart_sweep_interrupted_then_killed_then_resumed(tmp_path):
     tested = [r for r in children if "test_acc" in r.data.metrics]  # the test split, once, for the best only
     assert [r.data.tags["gkd_tune.trial_id"] for r in tested] == [best]
     assert len(client.get_metric_history(tested[0].info.run_id, "test_acc")) == 1
+
+    # resuming the finished sweep with options it did not run with is refused, and its records stay as they are
+    for extra, changed in ((["--num-samples", "8"], "search.num_samples"), (["--seed", "7"], "search.seed")):
+        refused = subprocess.run(argv + extra + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                 timeout=120)
+        assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+        assert re.search(rf"error: --resume: .* differs from what this run started with \({changed}; ",
+                         refused.stderr.splitlines()[-1]), refused.stderr
+    _, parent, _ = child_runs(db)
+    assert parent[0].info.status == "FINISHED"
     assert parent[0].data.metrics["best_test_acc"] == tested[0].data.metrics["test_acc"] > 0.3
 
 
@@ -322,31 +332,61 @@ def test_an_error_after_the_trials_closes_every_run_and_prints_one_line(tmp_path
     assert parent[0].info.status == "FAILED" and all(r.info.status == "FINISHED" for r in children)
 
 
-def test_a_second_driver_of_the_same_sweep_is_refused(tmp_path, capsys):
+def test_a_second_driver_of_the_same_sweep_is_refused_whatever_its_cache(tmp_path, capsys, monkeypatch):
+    from gkd_tune.runtime import sweep_lock
+
     spec = search.load_space(QUICKSTART).with_overrides(storage_path=str(tmp_path / "runs"))
-    with search.sweep_lock(search.sweep_storage(spec)):
+    monkeypatch.setenv("GKD_TUNE_CACHE", str(tmp_path / "first-cache"))
+    with sweep_lock(search.sweep_storage(spec)):
+        monkeypatch.setenv("GKD_TUNE_CACHE", str(tmp_path / "second-cache"))  # the second driver's own cache
         argv = ["--space", str(QUICKSTART), "--storage-path", str(tmp_path / "runs"),
                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
         assert search.main(argv) == 2
     assert "error: a sweep named 'quickstart' is already running from this machine" in capsys.readouterr().err
 
 
-def test_resume_refuses_a_changed_space_unless_the_change_is_safe_and_accepted(tmp_path, capsys):
+def test_resume_refuses_a_changed_space_or_option_unless_a_restored_sweep_applies_it_and_it_is_accepted(
+        tmp_path, capsys):
+    from gkd_tune.resume import check_resume, effective, record
     from gkd_tune.storage import SweepStorage
 
     storage = SweepStorage.for_sweep(str(tmp_path / "runs"), "quickstart")
-    storage.put(QUICKSTART, search.SPACE_FILE)
+    started = effective(QUICKSTART, {"search.num_samples": 6, "search.seed": None})
+    record(storage, search.SPACE_FILE, started)
     edited = tmp_path / "quickstart.yaml"
     original = QUICKSTART.read_text()
-    edited.write_text(original.replace("max_concurrent_trials: 2", "max_concurrent_trials: 1"))
-    spec = search.load_space(edited)
-    with pytest.raises(ValueError, match=r"differs from the space this sweep started with \(search.max_concurrent"):
-        search.check_unchanged(spec, storage, accept_changes=False)
-    search.check_unchanged(spec, storage, accept_changes=True)  # safe: changes no trial's result
-    edited.write_text(original.replace("lr: 0.1", "lr: 0.2"))
-    with pytest.raises(ValueError, match=r"\(params.lr; .*--accept-changes allows only .*, not params.lr"):
-        search.check_unchanged(search.load_space(edited), storage, accept_changes=True)
-    assert "-  lr: 0.1" in capsys.readouterr().err  # the diff is shown
+
+    def check(text, overrides, accept=False):
+        edited.write_text(text)
+        return check_resume(storage, search.SPACE_FILE, effective(edited, overrides), str(edited), accept,
+                            search.SAFE_TO_CHANGE)
+
+    assert check(original, {"search.num_samples": 6}) is False  # the same sweep: nothing to record
+    # an override the restored sweep would not apply: 8 trials where Tune keeps 6
+    with pytest.raises(ValueError, match=r"differs from what this run started with \(search.num_samples; .*"
+                                         r"allows only resources.wait_s, search.test_top_k .*not search.num_samples"):
+        check(original, {"search.num_samples": 8}, accept=True)
+    assert "-  num_samples: 6\n+  num_samples: 8" in capsys.readouterr().err  # the difference is shown
+    for text, overrides in ((original, {"search.num_samples": 6, "search.seed": 7}),  # a seed Tune's Optuna ignores
+                            (original.replace("lr: 0.1", "lr: 0.2"), {"search.num_samples": 6}),
+                            (original, {"search.num_samples": 6, "tracking.uri": "sqlite:///elsewhere.db"}),
+                            (original.replace("max_concurrent_trials: 2", "max_concurrent_trials: 1"),
+                             {"search.num_samples": 6})):
+        with pytest.raises(ValueError, match="allows only"):
+            check(text, overrides, accept=True)
+    safe = original.replace("search:", "search:\n  test_top_k: 2", 1)
+    with pytest.raises(ValueError, match=r"\(search.test_top_k; .*or pass --accept-changes"):
+        check(safe, {"search.num_samples": 6})
+    assert check(safe, {"search.num_samples": 6}, accept=True) is True  # accepted: to be recorded
+
+
+def test_a_resume_command_is_the_whole_command():
+    args = search.build_parser().parse_args(["--space", "s p.yaml", "--num-samples", "6", "--seed", "3",
+                                             "--storage-path", "s3://b/r?endpoint_override=h:1&scheme=http",
+                                             "--tracking-uri", "http://127.0.0.1:5000", "--address", "auto"])
+    assert search.resume_command_for(args) == (
+        "python -m gkd_tune.search --space 's p.yaml' --num-samples 6 --seed 3 --tracking-uri "
+        "http://127.0.0.1:5000 --storage-path 's3://b/r?endpoint_override=h:1&scheme=http' --address auto --resume")
 
 
 @pytest.mark.parametrize("extra, message", [

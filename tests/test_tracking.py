@@ -37,6 +37,20 @@ def test_a_run_whose_driver_died_during_its_set_up_gets_its_params_and_beta_curv
     assert "beta_curve.png" in {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
 
 
+def test_a_finished_sweeps_run_stays_finished_whatever_a_later_resume_ends_with(tmp_path):
+    spec = load_space(ROOT / "search_spaces" / "quickstart.yaml").with_overrides(
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    location = str(tmp_path / "runs" / "quickstart")
+    first = tracking.SweepTracker(spec, location)
+    first.finish("FINISHED", "trial001", 0.9)
+    interrupted = tracking.SweepTracker(spec, location)  # a --resume of the finished sweep, reopened, then killed
+    interrupted.finish("KILLED")
+    assert first.client.get_run(first.parent_id).info.status == "FINISHED"
+    unfinished = tracking.SweepTracker(spec, str(tmp_path / "runs" / "other"))  # a sweep never finished: as told
+    unfinished.finish("KILLED")
+    assert first.client.get_run(unfinished.parent_id).info.status == "KILLED"
+
+
 @pytest.mark.realstack
 @pytest.mark.slow
 def test_sixteen_trial_results_arriving_within_a_second_all_land_in_the_team_tracking_server(mlflow_server):

@@ -1,0 +1,81 @@
+"""Ray as the commands use it: which Ray a command runs on, a task with a trial's resources, a task's bad input
+returned as itself (one line, exit 2), and one driver per sweep on a machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from .data import DataSourceError
+from .preflight import LOGICAL_GPUS_ENV
+from .space import SweepSpec
+from .storage import SweepStorage
+
+
+def connect_to_ray(address: str | None, own_ray: bool = True) -> bool:
+    """--address, else RAY_ADDRESS (`ray job submit` sets it), else a new Ray of this driver's own on this machine,
+    where `own_ray` allows one (a sweep); Ray's own default would join whatever `ray start` last recorded here, or
+    fail on a cluster that has died. A driver started with GKD_TUNE_LOGICAL_GPUS=1 passes it to every task and trial
+    it starts. Returns whether it joined a running cluster (False: it started a Ray of its own)."""
+    import ray
+
+    given = address or os.environ.get("RAY_ADDRESS")
+    if not given and not own_ray:
+        raise ValueError("--address: give the Ray cluster to check (HEAD_IP:6379, or `auto` for the one this "
+                         "machine belongs to), or run this as a job on it (`ray job submit`, which sets RAY_ADDRESS)")
+    field = "--address" if address else "RAY_ADDRESS" if given else "a Ray of its own"
+    logical = os.environ.get(LOGICAL_GPUS_ENV) == "1"
+    try:
+        ray.init(address=address if address else None if given else "local", include_dashboard=False,
+                 runtime_env={"env_vars": {LOGICAL_GPUS_ENV: "1"}} if logical else None)
+    except ConnectionError as error:
+        raise ValueError(f"{field}: {str(error).rstrip('.')}: check that the cluster is up (`ray status` on its head)"
+                         + (", or leave it out to run on this machine" if own_ray else "")) from None
+    return bool(given)
+
+
+def trial_task(function, spec: SweepSpec):
+    """`function` as a Ray task with a trial's CPUs and whole GPUs (so that on a cluster it lands on a GPU worker,
+    never on the CPU-only head), retried twice if its node is lost."""
+    import ray
+
+    return ray.remote(function).options(num_cpus=spec.resources.cpu, num_gpus=math.ceil(spec.resources.gpu),
+                                        max_retries=2)
+
+
+def task_results(refs):
+    """ray.get, with a task's bad input (a ValueError: its data source, its teacher) raised as itself, so that the
+    command line prints it as one line and exits 2, not as a remote traceback."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(refs)
+    except RayTaskError as error:
+        raise error.cause if isinstance(error.cause, (DataSourceError, ValueError)) else error
+
+
+def acquire_sweep_lock(storage: SweepStorage, what: str) -> FileLock:
+    lock = sweep_lock(storage)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(f"{what} is already running from this machine ({storage.location}): wait for it to end, "
+                         f"or give another name / --storage-path") from None
+    return lock
+
+
+def sweep_lock(storage: SweepStorage) -> FileLock:
+    """One driver per sweep on this machine (on a cluster every driver runs on the head), taken before the teacher
+    step, during which Tune has written nothing that would show the sweep exists. Keyed to the sweep's location in
+    a folder of this user's that no setting moves: two drivers with different caches (GKD_TUNE_CACHE) still meet
+    here."""
+    folder = Path(tempfile.gettempdir()) / f"gkd-tune-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return FileLock(folder / f"{hashlib.sha256(storage.location.encode()).hexdigest()[:16]}.lock")
