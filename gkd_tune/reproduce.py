@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import engine
+from .engine import Trials, TuneSettings, evaluate_once
 from .files import REPRODUCTION_FILE
 from .models import MODELS
-from .resume import check_resume, effective, record, resume_command
+from .resume import effective, resume_command
 from .space import SpaceError, SweepSpec, parse_space, read_yaml, run_params, trial_configs
 from .storage import SweepStorage, trial_dirname
 from .strategy import COMPLETED
@@ -211,113 +212,73 @@ def resume_command_for(args: argparse.Namespace) -> str:
                                                  "--seeds": args.seeds, "--out": args.out, "--address": args.address})
 
 
-def run(args: argparse.Namespace, reproduction: Reproduction) -> int:
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    import ray
-    from ray import tune
+class ReproductionTrials(Trials):
+    """The grid for the engine: pair x method x seed, one teacher per architecture, no search and no early
+    stopping; every completed student tested once; the table, its rows and the radar."""
 
-    from .preflight import check_shared_with_cluster, check_storage, wait_for_cluster_resources
-    from .runtime import acquire_sweep_lock, connect_to_ray, task_results, trial_task
-    from .search import publish_teacher
-    from .tracking import SweepTracker
-    from .trainable import provide_teacher
+    kind = "reproduction"
+    record_name = REPRODUCTION_FILE
 
-    spec = reproduction.any_spec
-    storage = SweepStorage.for_sweep(spec.storage_path, spec.name)
-    if args.resume and not tune.Tuner.can_restore(storage.tune_path, storage_filesystem=storage.tune_filesystem):
-        raise ValueError(f"--resume: no reproduction to continue at {storage.location}")
-    if not args.resume and storage.has_experiment():
-        raise ValueError(f"a reproduction named {spec.name!r} already exists at {storage.location}: continue it with "
-                         f"--resume, or give another name / storage_path")
-    check_storage(storage)
-    lock = acquire_sweep_lock(storage, f"a reproduction named {spec.name!r}")
-    try:
+    def __init__(self, reproduction: Reproduction, args: argparse.Namespace):
         configuration = effective(args.config, {"training.max_epochs": args.epochs, "seeds": args.seeds})
-        if args.resume:
-            check_resume(storage, REPRODUCTION_FILE, configuration, reproduction.file)
-        joined = connect_to_ray(args.address)
-        try:
-            if joined:  # a Ray started here is this one machine
-                check_shared_with_cluster(spec)
-            wait_for_cluster_resources(spec)
-            if not args.resume:
-                record(storage, REPRODUCTION_FILE, configuration)
-            teachers = {pair.teacher: storage.child("teachers").child(pair.teacher) for pair in reproduction.pairs}
-            first_spec = {pair.teacher: reproduction.spec(i, reproduction.methods[0])
-                          for i, pair in reversed(list(enumerate(reproduction.pairs)))}
-            print(f"Preparing {len(teachers)} teacher(s): {', '.join(teachers)} ...", flush=True)
-            task = trial_task(provide_teacher, spec)
-            task_results([task.remote(first_spec[arch], teachers[arch]) for arch in teachers])
-            for teacher_storage in teachers.values():
-                publish_teacher(teacher_storage)
-            tracker = SweepTracker(spec, storage.location)
-            try:
-                return run_grid(args, reproduction, storage, teachers, first_spec, tracker)
-            except BaseException as error:
-                tracker.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-                raise
-        finally:
-            ray.shutdown()
-    finally:
-        lock.release()
+        super().__init__(reproduction.any_spec, configuration, args.resume, args.address)
+        self.reproduction, self.args = reproduction, args
+        # the spec a teacher is trained with: its first pair's, of the first method
+        self.teacher_specs = {pair.teacher: reproduction.spec(i, reproduction.methods[0])
+                              for i, pair in reversed(list(enumerate(reproduction.pairs)))}
 
+    @property
+    def count(self) -> int:
+        return len(self.reproduction.cells())
 
-def run_grid(args, reproduction: Reproduction, storage: SweepStorage, teachers: dict, first_spec: dict,
-             tracker) -> int:
-    import ray
-    from mlflow.entities import Param
-    from ray import tune
+    def resume_command(self) -> str:
+        return resume_command_for(self.args)
 
-    from .report import summarise, write_parquet
-    from .runtime import trial_task
-    from .trainable import evaluate_on_test_split, evaluate_teacher_on_test_split
+    def teachers(self, storage: SweepStorage) -> list:
+        return [(spec, storage.child("teachers").child(arch)) for arch, spec in self.teacher_specs.items()]
 
-    spec = reproduction.any_spec
-    trainable = tune.with_resources(
-        tune.with_parameters(reproduce_trial, reproduction=reproduction, teachers=teachers),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    if args.resume:
-        tuner = tune.Tuner.restore(storage.tune_path, trainable, resume_unfinished=True, resume_errored=True,
-                                   storage_filesystem=storage.tune_filesystem)
-    else:
+    def trainable(self, storage: SweepStorage, teachers: list):
+        from ray import tune
+
+        folders = {spec.teacher.arch: folder for spec, folder in teachers}
+        return tune.with_parameters(reproduce_trial, reproduction=self.reproduction, teachers=folders)
+
+    def tune_settings(self, storage: SweepStorage, tracker, teachers_metadata: list[dict]) -> TuneSettings:
+        from mlflow.entities import Param
+        from ray import tune
+
+        reproduction, spec = self.reproduction, self.spec
         tracker.client.log_artifact(tracker.parent_id, reproduction.file, "config")
         tracker.client.log_batch(tracker.parent_id, params=[
             Param(k, str(v)) for k, v in {"epochs": reproduction.epochs, "seeds": reproduction.seeds,
                                           "data": spec.data.source, "pairs": len(reproduction.pairs)}.items()])
-        tuner = tune.Tuner(
-            trainable, param_space={"cell": tune.grid_search(reproduction.cells())},
-            tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent_trials,
-                                        trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(name=spec.name, storage_path=storage.tune_path.rsplit("/", 1)[0],
-                                      storage_filesystem=storage.tune_filesystem, verbose=1,
-                                      callbacks=[make_logger(reproduction, storage.location)],
-                                      failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    results = tuner.fit()
-    if len(results) - results.num_terminated - results.num_errors or len(results) < len(reproduction.cells()):
-        tracker.finish("KILLED")
-        print(f"\nThe reproduction was interrupted. Continue it with:\n  {resume_command_for(args)}")
-        return 130
+        return TuneSettings(param_space={"cell": tune.grid_search(reproduction.cells())},
+                            callbacks=[make_logger(reproduction, storage.location)])
+
+    def finish(self, results, tracker, teachers: list) -> int:
+        return present(self.args, self.reproduction, results, tracker, teachers)
+
+
+def present(args, reproduction: Reproduction, results, tracker, teachers: list) -> int:
+    """The finished grid: every completed student tested once, the teachers too; table.md, runs.parquet and
+    radar.png written to --out and logged to the reproduction's run."""
+    import ray
+
+    from .report import summarise, write_parquet
+    from .runtime import trial_task
+    from .trainable import evaluate_teacher_on_test_split
 
     trials = []  # (cell, its summary with the test metrics measured so far, its spec) of every trial
     for result in results:
         cell = result.config["cell"]
         cell_spec = reproduction.spec(cell["pair"], cell["method"])
         [summary] = summarise([result], cell_spec)
-        summary.test = tracker.test_metrics(summary.trial_id)  # measured already: by an interrupted earlier run
         trials.append((cell, summary, cell_spec))
-    untested = [(summary, cell_spec) for _, summary, cell_spec in trials
-                if summary.outcome == COMPLETED and summary.test is None]
-    if untested:
-        print(f"\nEvaluating {len(untested)} student(s) on the test split, once ...", flush=True)
-        task = trial_task(evaluate_on_test_split, spec)
-        for (summary, _), metrics in zip(untested, ray.get(
-                [task.remote(cell_spec, summary.checkpoint) for summary, cell_spec in untested])):
-            if metrics is not None:
-                tracker.log_test(summary.trial_id, metrics)
-                summary.test = metrics
-    task = trial_task(evaluate_teacher_on_test_split, spec)
-    teacher_test = dict(zip(teachers, ray.get([task.remote(first_spec[arch], teachers[arch]) for arch in teachers])))
+    evaluate_once([(summary, cell_spec) for _, summary, cell_spec in trials if summary.outcome == COMPLETED],
+                  tracker)
+    task = trial_task(evaluate_teacher_on_test_split, reproduction.any_spec)
+    teacher_test = dict(zip([spec.teacher.arch for spec, _ in teachers],
+                            ray.get([task.remote(spec, folder) for spec, folder in teachers])))
 
     out = Path(args.out or Path("reproductions") / reproduction.name)
     out.mkdir(parents=True, exist_ok=True)
@@ -500,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(reproduction.methods)} method(s) x {reproduction.seeds} seed(s) = {len(reproduction.cells())} "
               f"trials of {reproduction.epochs} epochs on {reproduction.any_spec.data.source}", flush=True)
         check_before_ray(reproduction.any_spec, args.address)
-        return run(args, reproduction)
+        return engine.run(ReproductionTrials(reproduction, args))
     except KeyboardInterrupt:  # before the trials started (Tune handles Ctrl-C itself once they run)
         print("\ninterrupted before any trial started; nothing to resume", file=sys.stderr)
         return 130

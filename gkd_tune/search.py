@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import textwrap
 from pathlib import Path
 
-from .files import SPACE_FILE, TEACHER_FILE
-from .params import declared_values
+from . import engine
+from .engine import EXIT_INTERRUPTED, Trials, TuneSettings, evaluate_once
 from .errors import exit_with_one_line
-from .preflight import check_before_ray, check_shared_with_cluster, check_storage, wait_for_cluster_resources
-from .resume import check_resume, effective, record, resume_command
-from .runtime import acquire_sweep_lock, connect_to_ray, task_results, trial_task
+from .files import SPACE_FILE
+from .params import declared_values
+from .preflight import check_before_ray
+from .resume import effective, resume_command
 from .space import TRIAL_PARAMS, SweepSpec, load_space, tune_space
-from .storage import SweepStorage, trial_dirname
+from .storage import SweepStorage
 
-EXIT_INTERRUPTED = 130
 # What --resume --accept-changes may change: what a restored sweep really applies (gkd-tune's own steps read them
 # anew); Tune restores its configs, callbacks and trials (their resources too) as they were pickled.
 SAFE_TO_CHANGE = frozenset({"search.test_top_k", "resources.wait_s"})
@@ -105,33 +104,6 @@ def plan(spec: SweepSpec) -> tuple[str, list[str]]:
     return text, warnings
 
 
-def prepare_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
-    """Put the teacher in the sweep's storage (trained, cached or given) and return its metadata.
-
-    Training runs as a Ray task with a trial's CPUs and whole GPUs, so on a cluster it lands on a GPU worker (the
-    autoscaler starts one if needed), never on the CPU-only head where the driver runs. A given teacher.checkpoint
-    is a file on the driver's machine: it is checked and uploaded from here.
-    """
-    from .trainable import provide_teacher
-
-    if spec.teacher.checkpoint:
-        metadata = provide_teacher(spec, storage)
-    else:
-        metadata = task_results(trial_task(provide_teacher, spec).remote(spec, storage))
-    publish_teacher(storage)
-    return metadata
-
-
-def publish_teacher(storage: SweepStorage) -> None:
-    """The provided teacher becomes the sweep's teacher.pt, written from the driver: workers may write only below
-    the scratch folder (storage.py), which goes once the teacher is published."""
-    from .storage import WORKER_SCRATCH_DIR
-    from .trainable import PROVIDED_TEACHER
-
-    storage.copy(PROVIDED_TEACHER, TEACHER_FILE)
-    storage.remove(WORKER_SCRATCH_DIR)
-
-
 def resume_command_for(args: argparse.Namespace) -> str:
     return resume_command("gkd_tune.search", {
         "--space": args.space, "--num-samples": args.num_samples, "--seed": args.seed,
@@ -143,139 +115,85 @@ def effective_space(args: argparse.Namespace) -> dict:
     return effective(args.space, {OVERRIDES[name]: getattr(args, name) for name in OVERRIDES})
 
 
-def run(args: argparse.Namespace, spec: SweepSpec) -> int:
-    # One trial checkpoints every epoch (to lose at most one): Tune's warning that this snapshots the experiment
-    # often is expected here, not advice. Set before Tune is imported, which reads it.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    import ray
-    from ray import tune
+class SweepTrials(Trials):
+    """A sweep's trials for the engine: the space's teacher, the Optuna search with ASHA (or a baseline's grid),
+    then the top trials tested once, the summary and the report."""
 
-    storage = sweep_storage(spec)
-    if args.resume and not tune.Tuner.can_restore(storage.tune_path, storage_filesystem=storage.tune_filesystem):
-        raise ValueError(f"--resume: no sweep to continue at {storage.location}")
-    check_storage(storage)
-    lock = acquire_sweep_lock(storage, f"a sweep named {spec.name!r}")
-    try:
-        if not args.resume and storage.has_experiment():
-            raise ValueError(f"a sweep named {spec.name!r} already exists at {storage.location}: continue it with "
-                             f"--resume, or give another name / --storage-path")
-        if args.resume and check_resume(storage, SPACE_FILE, effective_space(args), spec.file, args.accept_changes,
-                                        SAFE_TO_CHANGE):
-            record(storage, SPACE_FILE, effective_space(args))  # what it continues with, accepted
-        joined = connect_to_ray(args.address)
-        try:
-            if joined:  # a Ray started here is this one machine
-                check_shared_with_cluster(spec)
-            wait_for_cluster_resources(spec)
-            if not args.resume:
-                record(storage, SPACE_FILE, effective_space(args))
-            return sweep(args, spec, storage)
-        finally:
-            ray.shutdown()  # on a cluster: disconnects; the cluster stays
-    finally:
-        lock.release()
+    kind = "sweep"
+    record_name = SPACE_FILE
+    safe_changes = SAFE_TO_CHANGE
 
+    def __init__(self, spec: SweepSpec, args: argparse.Namespace):
+        super().__init__(spec, effective_space(args), args.resume, args.address, args.accept_changes)
+        self.args = args
+        self.scheduler = None  # a new run's, kept for the rank correlations of its full-budget trials
 
-def sweep(args: argparse.Namespace, spec: SweepSpec, storage: SweepStorage) -> int:
-    from .tracking import SweepTracker
+    @property
+    def count(self) -> int:
+        return self.spec.trial_count
 
-    teacher_metadata = None if args.resume and storage.exists(TEACHER_FILE) else prepare_teacher(spec, storage)
-    tracker = SweepTracker(spec, storage.location)
-    try:
-        return run_trials(args, spec, storage, tracker, teacher_metadata)
-    except BaseException as error:  # nothing left RUNNING: the sweep's run and any trial run still open end here
-        tracker.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-        raise
+    def resume_command(self) -> str:
+        return resume_command_for(self.args)
 
+    def teachers(self, storage: SweepStorage) -> list:
+        return [(self.spec, storage)]
 
-def run_trials(args: argparse.Namespace, spec: SweepSpec, storage: SweepStorage, tracker, teacher_metadata) -> int:
-    from ray import tune
+    def trainable(self, storage: SweepStorage, teachers: list):
+        from ray import tune
 
-    from .report import outcome_counts, print_summary, summarise, winners
-    from .strategy import FAILED, build_scheduler, build_searcher
-    from .tracking import MlflowTrialLogger
-    from .trainable import train_trial
+        from .trainable import train_trial
 
-    if teacher_metadata is not None:
-        tracker.log_start(teacher_metadata)
-    logger = MlflowTrialLogger(spec, storage.location)
+        return tune.with_parameters(train_trial, spec=self.spec, storage=storage)
 
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, spec=spec, storage=storage),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
-    )
-    scheduler = None
-    if args.resume:
-        tuner = tune.Tuner.restore(storage.tune_path, trainable, resume_unfinished=True, resume_errored=True,
-                                   storage_filesystem=storage.tune_filesystem)
-    else:
-        s = spec.search
-        scheduler = build_scheduler(spec)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=tune_space(spec),
-            tune_config=tune.TuneConfig(
-                metric=s.metric, mode=spec.mode, num_samples=s.num_samples,
-                max_concurrent_trials=s.max_concurrent_trials, search_alg=build_searcher(spec), scheduler=scheduler,
-                trial_dirname_creator=trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=spec.name, storage_path=storage.tune_path.rsplit("/", 1)[0],
-                storage_filesystem=storage.tune_filesystem, callbacks=[logger], verbose=1,  # status table only
-                failure_config=tune.FailureConfig(max_failures=s.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            ),
-        )
-    results = tuner.fit()
+    def tune_settings(self, storage: SweepStorage, tracker, teachers_metadata: list[dict]) -> TuneSettings:
+        from .strategy import build_scheduler, build_searcher
+        from .tracking import MlflowTrialLogger
 
-    unfinished = len(results) - results.num_terminated - results.num_errors
-    if unfinished or len(results) < spec.trial_count:
-        tracker.finish("KILLED")
-        print(f"\nThe sweep was interrupted ({results.num_terminated} of {spec.trial_count} trials ended). "
-              f"Continue it with:\n  {resume_command_for(args)}")
-        return EXIT_INTERRUPTED
-    trials = summarise(results, spec)
-    best = winners(trials)
-    if not best:
-        first_error = next((t.error for t in trials if t.outcome == FAILED and t.error), None)
-        what = f"all {len(trials)} trials failed" if all(t.outcome == FAILED for t in trials) else \
-            f"no trial completed its budget ({outcome_counts(trials)})"
-        print(f"\n{what}" + (f"; first error: {first_error}" if first_error else ""), file=sys.stderr)
-        tracker.finish("FAILED")
-        return 1
-    if spec.search.full_budget_trials:
-        report_rank_correlations(results, spec, tracker, scheduler)
-    evaluate_top_trials(best[: spec.search.test_top_k], spec, tracker)
-    print_summary(trials, spec, tracker)
-    tracker.finish("FINISHED", best[0].trial_id, float(best[0].metrics[spec.search.metric]))
-    return 0
+        if teachers_metadata:
+            tracker.log_start(teachers_metadata[0])
+        spec = self.spec
+        self.scheduler = build_scheduler(spec)
+        return TuneSettings(
+            param_space=tune_space(spec), callbacks=[MlflowTrialLogger(spec, storage.location)],
+            tune_config={"metric": spec.search.metric, "mode": spec.mode, "num_samples": spec.search.num_samples,
+                         "search_alg": build_searcher(spec), "scheduler": self.scheduler})
+
+    def finish(self, results, tracker, teachers: list) -> int:
+        from .report import outcome_counts, print_summary, summarise, winners
+        from .strategy import FAILED
+
+        spec = self.spec
+        trials = summarise(results, spec)
+        best = winners(trials)
+        if not best:
+            first_error = next((t.error for t in trials if t.outcome == FAILED and t.error), None)
+            what = f"all {len(trials)} trials failed" if all(t.outcome == FAILED for t in trials) else \
+                f"no trial completed its budget ({outcome_counts(trials)})"
+            print(f"\n{what}" + (f"; first error: {first_error}" if first_error else ""), file=sys.stderr)
+            tracker.finish("FAILED")
+            return 1
+        if spec.search.full_budget_trials:
+            report_rank_correlations(results, spec, tracker, self.scheduler)
+        evaluate_top_trials(best[: spec.search.test_top_k], spec, tracker)
+        print_summary(trials, spec, tracker)
+        tracker.finish("FINISHED", best[0].trial_id, float(best[0].metrics[spec.search.metric]))
+        return 0
 
 
 def evaluate_top_trials(top: list, spec: SweepSpec, tracker) -> None:
-    """Evaluate the chosen trials once on the test split (Ray tasks with a trial's resources), after every choice
-    was made on validation; log test_acc / test_loss to their runs and best_test_acc to the sweep's. Once per sweep:
-    a --resume of a tested sweep only prints what was measured."""
-    import ray
-
+    """Evaluate the chosen trials once on the test split, after every choice was made on validation; log test_acc /
+    test_loss to their runs and best_test_acc to the sweep's. Once per sweep: a --resume of a tested sweep only
+    prints what was measured."""
     from .tracking import TESTED_TAG
-    from .trainable import evaluate_on_test_split
 
     for trial in top:  # measured already: by an earlier run of this step (it may have been interrupted)
         trial.test = tracker.test_metrics(trial.trial_id)
     if not top or tracker.tested:
         return
-    untested = [trial for trial in top if trial.test is None]
-    if untested:
-        print(f"\nEvaluating {len(untested)} trial(s) on the test split, once ...", flush=True)
-        task = trial_task(evaluate_on_test_split, spec)
-        measured = ray.get([task.remote(spec, trial.checkpoint) for trial in untested])
-        if measured[0] is None:
-            print(f"{spec.data.source} has no test split: nothing tested")
-            tracker.log_sweep_metrics({}, {TESTED_TAG: "true"})
-            return
-        for trial, metrics in zip(untested, measured):
-            trial.test = metrics
-            tracker.log_test(trial.trial_id, metrics)
+    if evaluate_once([(trial, spec) for trial in top], tracker)[0] is None:
+        print(f"{spec.data.source} has no test split: nothing tested")
+        tracker.log_sweep_metrics({}, {TESTED_TAG: "true"})
+        return
     tracker.log_sweep_metrics({"best_test_acc": top[0].test["test_acc"], "best_test_loss": top[0].test["test_loss"]},
                               {TESTED_TAG: "true"})
 
@@ -318,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         check_before_ray(spec, args.address)
         if args.dry_run:
             return 0
-        return run(args, spec)
+        return engine.run(SweepTrials(spec, args))
     except KeyboardInterrupt:  # before the trials started (Tune handles Ctrl-C itself once they run)
         print("\ninterrupted before any trial started; nothing to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -37,7 +37,7 @@ def provide_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
     and the class count, and put it in the sweep's storage as PROVIDED_TEACHER. Returns its metadata. Its training
     keeps its state in the storage every epoch: a retry on another node (a spot reclaim) continues from there.
     Runs on a worker node, which writes only below WORKER_SCRATCH_DIR: the driver publishes the file for the trials
-    (search.publish_teacher)."""
+    (engine.publish_teacher)."""
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     if not spec.teacher.checkpoint:  # trained here (a given one is checked by the driver, which may have no GPU)
         check_gpu_visible(spec)

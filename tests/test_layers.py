@@ -18,6 +18,7 @@ LAYERS = [
     {"strategy", "tracking", "report", "preflight", "resume"},  # search + early stopping; MLflow; summary; checks
     {"runtime"},  # Ray as the commands use it
     {"train", "trainable"},
+    {"engine"},  # the run engine under search and reproduce
     {"search", "reproduce", "doctor"},
 ]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gkd_tune import search
+from gkd_tune import engine, search
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
@@ -194,7 +194,7 @@ def run_fake_sweep(tmp_path, monkeypatch, space: dict, trainable, *extra, evalua
             return made[build.__name__]
         return wrapped
 
-    monkeypatch.setattr(search, "prepare_teacher", lambda spec, storage: {})
+    monkeypatch.setattr(engine, "prepare_teachers", lambda teachers: [{} for _ in teachers])
     monkeypatch.setattr(trainable_module, "train_trial", trainable)
     monkeypatch.setattr(trainable_module, "evaluate_on_test_split",
                         evaluate or (lambda spec, checkpoint: {"test_loss": 0.5, "test_acc": 0.77}))

@@ -1,0 +1,195 @@
+"""The run engine under `search` and `reproduce`: one driver's lock -> the storage and the resume record -> Ray ->
+storage and tracking every node can use -> a trial's resources -> the teachers -> a Ray Tune run (new, or restored)
+-> the command's results -> the sweep's MLflow run closed. A command describes its trials as a `Trials` (what to
+record, which teachers, the trainable, the search, how the results are read); the engine runs them, and is the only
+place that makes or restores a `tune.Tuner`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .files import TEACHER_FILE
+from .preflight import check_shared_with_cluster, check_storage, wait_for_cluster_resources
+from .resume import check_resume, record
+from .runtime import acquire_sweep_lock, connect_to_ray, task_results, trial_task
+from .space import SweepSpec
+from .storage import WORKER_SCRATCH_DIR, SweepStorage, trial_dirname
+
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class TuneSettings:
+    """What a new Ray Tune run is made with, besides what the engine sets for every run (name, storage, trial
+    folders, concurrency, retries, checkpoints kept)."""
+    param_space: dict
+    callbacks: list
+    tune_config: dict = field(default_factory=dict)  # metric, mode, num_samples, search_alg, scheduler
+
+
+class Trials:
+    """A command's trials: what the engine asks of them. `spec` carries what every trial shares (name, storage,
+    tracking, resources, search.max_concurrent_trials and max_failures)."""
+
+    kind = "sweep"  # what messages call it
+    record_name = ""  # the resume record's file in the storage (resume.py)
+    safe_changes: frozenset[str] = frozenset()
+
+    def __init__(self, spec: SweepSpec, configuration: dict, resume: bool, address: str | None,
+                 accept_changes: bool = False):
+        self.spec, self.configuration = spec, configuration
+        self.resume, self.address, self.accept_changes = resume, address, accept_changes
+
+    @property
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def resume_command(self) -> str:
+        raise NotImplementedError
+
+    def teachers(self, storage: SweepStorage) -> list[tuple[SweepSpec, SweepStorage]]:
+        """(spec, storage folder) of each teacher to put in place before the trials."""
+        raise NotImplementedError
+
+    def trainable(self, storage: SweepStorage, teachers: list[tuple[SweepSpec, SweepStorage]]):
+        raise NotImplementedError
+
+    def tune_settings(self, storage: SweepStorage, tracker, teachers_metadata: list[dict]) -> TuneSettings:
+        """The new run's search (and what its MLflow run records at the start)."""
+        raise NotImplementedError
+
+    def finish(self, results, tracker, teachers: list[tuple[SweepSpec, SweepStorage]]) -> int:
+        """Read the finished run: test once, present, close the tracker; the command's exit code."""
+        raise NotImplementedError
+
+
+def run(trials: Trials) -> int:
+    # One trial checkpoints every epoch (to lose at most one): Tune's warning that this snapshots the experiment
+    # often is expected here, not advice. Set before Tune is imported, which reads it.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+    from ray import tune
+
+    spec = trials.spec
+    storage = SweepStorage.for_sweep(spec.storage_path, spec.name)
+    if trials.resume and not tune.Tuner.can_restore(storage.tune_path, storage_filesystem=storage.tune_filesystem):
+        raise ValueError(f"--resume: no {trials.kind} to continue at {storage.location}")
+    check_storage(storage)
+    lock = acquire_sweep_lock(storage, f"a {trials.kind} named {spec.name!r}")
+    try:
+        if not trials.resume and storage.has_experiment():
+            raise ValueError(f"a {trials.kind} named {spec.name!r} already exists at {storage.location}: continue it "
+                             f"with --resume, or give another name / --storage-path")
+        if trials.resume and check_resume(storage, trials.record_name, trials.configuration, spec.file,
+                                          trials.accept_changes, trials.safe_changes):
+            record(storage, trials.record_name, trials.configuration)  # what it continues with, accepted
+        joined = connect_to_ray(trials.address)
+        try:
+            if joined:  # a Ray started here is this one machine
+                check_shared_with_cluster(spec)
+            wait_for_cluster_resources(spec)
+            if not trials.resume:
+                record(storage, trials.record_name, trials.configuration)
+            return run_on_ray(trials, storage)
+        finally:
+            ray.shutdown()  # on a cluster: disconnects; the cluster stays
+    finally:
+        lock.release()
+
+
+def run_on_ray(trials: Trials, storage: SweepStorage) -> int:
+    from ray import tune
+
+    from .tracking import SweepTracker
+
+    spec = trials.spec
+    teachers = trials.teachers(storage)
+    wanted = [(teacher_spec, folder) for teacher_spec, folder in teachers
+              if not (trials.resume and folder.exists(TEACHER_FILE))]
+    metadata = prepare_teachers(wanted)
+    tracker = SweepTracker(spec, storage.location)
+    try:
+        trainable = tune.with_resources(trials.trainable(storage, teachers),
+                                        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+        if trials.resume:
+            tuner = tune.Tuner.restore(storage.tune_path, trainable, resume_unfinished=True, resume_errored=True,
+                                       storage_filesystem=storage.tune_filesystem)
+        else:
+            settings = trials.tune_settings(storage, tracker, metadata)
+            tuner = tune.Tuner(
+                trainable, param_space=settings.param_space,
+                tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent_trials,
+                                            trial_dirname_creator=trial_dirname, **settings.tune_config),
+                run_config=tune.RunConfig(
+                    name=spec.name, storage_path=storage.tune_path.rsplit("/", 1)[0],
+                    storage_filesystem=storage.tune_filesystem, callbacks=settings.callbacks,
+                    verbose=1,  # status table only
+                    failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        results = tuner.fit()
+        if len(results) - results.num_terminated - results.num_errors or len(results) < trials.count:
+            tracker.finish("KILLED")
+            print(f"\nThe {trials.kind} was interrupted ({results.num_terminated} of {trials.count} trials ended). "
+                  f"Continue it with:\n  {trials.resume_command()}")
+            return EXIT_INTERRUPTED
+        return trials.finish(results, tracker, teachers)
+    except BaseException as error:  # nothing left RUNNING: the sweep's run and any trial run still open end here
+        tracker.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+
+
+def prepare_teachers(teachers: list[tuple[SweepSpec, SweepStorage]]) -> list[dict]:
+    """Put each teacher in its storage folder (trained, cached or given) and return their metadata, in order.
+
+    Training runs as Ray tasks with a trial's CPUs and whole GPUs, so on a cluster they land on GPU workers (the
+    autoscaler starts them), never on the CPU-only head where the driver runs; they run side by side. A given
+    teacher.checkpoint is a file on the driver's machine: it is checked and uploaded from here.
+    """
+    from .trainable import provide_teacher
+
+    if not teachers:
+        return []
+    if len(teachers) > 1:
+        print(f"Preparing {len(teachers)} teachers: {', '.join(spec.teacher.arch for spec, _ in teachers)} ...",
+              flush=True)
+    pending = {i: trial_task(provide_teacher, spec).remote(spec, folder)
+               for i, (spec, folder) in enumerate(teachers) if not spec.teacher.checkpoint}
+    given = {i: provide_teacher(spec, folder) for i, (spec, folder) in enumerate(teachers) if spec.teacher.checkpoint}
+    trained = dict(zip(pending, task_results(list(pending.values()))))
+    for _, folder in teachers:
+        publish_teacher(folder)
+    return [{**given, **trained}[i] for i in range(len(teachers))]
+
+
+def publish_teacher(storage: SweepStorage) -> None:
+    """The provided teacher becomes the sweep's teacher.pt, written from the driver: workers may write only below
+    the scratch folder (storage.py), which goes once the teacher is published."""
+    from .trainable import PROVIDED_TEACHER
+
+    storage.copy(PROVIDED_TEACHER, TEACHER_FILE)
+    storage.remove(WORKER_SCRATCH_DIR)
+
+
+def evaluate_once(pairs: list[tuple[object, SweepSpec]], tracker) -> list[dict | None]:
+    """The test split's metrics of each (trial summary, its spec) not measured yet, measured once by Ray tasks with
+    a trial's resources, after every choice was made on validation, and logged to the trial's run. None where the
+    data source has no test split."""
+    import ray
+
+    from .trainable import evaluate_on_test_split
+
+    for summary, _ in pairs:  # measured already: by an earlier, interrupted run of this step
+        summary.test = summary.test or tracker.test_metrics(summary.trial_id)
+    untested = [(summary, spec) for summary, spec in pairs if summary.test is None]
+    if not untested:
+        return [summary.test for summary, _ in pairs]
+    print(f"\nEvaluating {len(untested)} trial(s) on the test split, once ...", flush=True)
+    task = trial_task(evaluate_on_test_split, untested[0][1])
+    for (summary, _), metrics in zip(untested, ray.get([task.remote(spec, summary.checkpoint)
+                                                        for summary, spec in untested])):
+        if metrics is not None:
+            tracker.log_test(summary.trial_id, metrics)
+            summary.test = metrics
+    return [summary.test for summary, _ in pairs]
