@@ -157,10 +157,10 @@ def prepare_teachers(teachers: list[tuple[SweepSpec, SweepStorage]]) -> list[dic
     pending = {i: trial_task(provide_teacher, spec).remote(spec, folder)
                for i, (spec, folder) in enumerate(teachers) if not spec.teacher.checkpoint}
     given = {i: provide_teacher(spec, folder) for i, (spec, folder) in enumerate(teachers) if spec.teacher.checkpoint}
-    trained = dict(zip(pending, task_results(list(pending.values()))))
+    metadata = {**given, **dict(zip(pending, task_results(list(pending.values()))))}
     for _, folder in teachers:
         publish_teacher(folder)
-    return [{**given, **trained}[i] for i in range(len(teachers))]
+    return [metadata[i] for i in range(len(teachers))]
 
 
 def publish_teacher(storage: SweepStorage) -> None:

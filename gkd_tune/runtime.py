@@ -32,7 +32,7 @@ def connect_to_ray(address: str | None, own_ray: bool = True) -> bool:
     field = "--address" if address else "RAY_ADDRESS" if given else "a Ray of its own"
     logical = os.environ.get(LOGICAL_GPUS_ENV) == "1"
     try:
-        ray.init(address=address if address else None if given else "local", include_dashboard=False,
+        ray.init(address=address or (None if given else "local"), include_dashboard=False,
                  runtime_env={"env_vars": {LOGICAL_GPUS_ENV: "1"}} if logical else None)
     except ConnectionError as error:
         raise ValueError(f"{field}: {str(error).rstrip('.')}: check that the cluster is up (`ray status` on its head)"

@@ -186,9 +186,11 @@ def evaluate_top_trials(top: list, spec: SweepSpec, tracker) -> None:
     prints what was measured."""
     from .tracking import TESTED_TAG
 
-    for trial in top:  # measured already: by an earlier run of this step (it may have been interrupted)
-        trial.test = tracker.test_metrics(trial.trial_id)
-    if not top or tracker.tested:
+    if tracker.tested:  # measured by an earlier run of this step: only shown
+        for trial in top:
+            trial.test = tracker.test_metrics(trial.trial_id)
+        return
+    if not top:
         return
     if evaluate_once([(trial, spec) for trial in top], tracker)[0] is None:
         print(f"{spec.data.source} has no test split: nothing tested")

@@ -190,8 +190,8 @@ def mlflow_servers() -> list[int]:
                 command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if "mlflow server" in command and stat.rsplit(")", 1)[1].split()[0] != "Z" and \
-                    int(stat.rsplit(")", 1)[1].split()[2]) == int(entry.name):  # a group leader: the server
+            state, _, group = stat.rsplit(")", 1)[1].split()[:3]
+            if "mlflow server" in command and state != "Z" and int(group) == int(entry.name):  # the group leader
                 found.append(int(entry.name))
     return found
 
