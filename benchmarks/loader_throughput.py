@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from gkd_tune.data import DeviceLoader, load_splits
+from gkd_tune.core.data import DeviceLoader, load_splits
 
 
 class PILDataset(Dataset):

@@ -34,21 +34,23 @@ import torch  # noqa: E402
 
 IMPORTED = time.perf_counter()
 
-from gkd_tune.data import ImageArrays, Splits  # noqa: E402
-from gkd_tune.distill import DistillConfig, LossWeights, build_distiller  # noqa: E402
-from gkd_tune.loop import AUTO_COMPILE, COMPILE_MODES, Trainer, TrainConfig  # noqa: E402
-from gkd_tune.losses import GradientMatching  # noqa: E402
-from gkd_tune.models import MODELS, build_model  # noqa: E402
+from gkd_tune.core.data import ImageArrays, Splits  # noqa: E402
+from gkd_tune.core.distillers import DistillConfig, build_distiller  # noqa: E402
+from gkd_tune.core.loop import AUTO_COMPILE, COMPILE_MODES, Trainer, TrainConfig  # noqa: E402
+from gkd_tune.core.losses import GradientMatching  # noqa: E402
+from gkd_tune.core.models import MODELS, build_model  # noqa: E402
+from gkd_tune.core.params import build  # noqa: E402
 
-# name -> (DistillConfig fields, gradient matching by autograd)
+# name -> (DistillConfig settings by public name, gradient matching by autograd)
+SINKHORN_AND_KD, GRAD_AND_KD = {"w_wasserstein": 1.0, "w_grad": 0.0}, {"w_wasserstein": 0.0, "w_grad": 1.0}
 VARIANTS = {
     "student": ({"method": "student"}, False),
     "kd": ({"method": "kd"}, False),
-    "kd+sinkhorn": ({"weights": LossWeights(1, 0, 1)}, False),
-    "kd+grad": ({"weights": LossWeights(0, 1, 1)}, False),
+    "kd+sinkhorn": (SINKHORN_AND_KD, False),
+    "kd+grad": (GRAD_AND_KD, False),
     "gompertz": ({}, False),
-    "kd+sinkhorn[geomloss]": ({"weights": LossWeights(1, 0, 1), "sinkhorn_solver": "geomloss"}, False),
-    "kd+grad[autograd]": ({"weights": LossWeights(0, 1, 1)}, True),
+    "kd+sinkhorn[geomloss]": ({**SINKHORN_AND_KD, "sinkhorn_solver": "geomloss"}, False),
+    "kd+grad[autograd]": (GRAD_AND_KD, True),
     "gompertz[before]": ({"sinkhorn_solver": "geomloss"}, True),
 }
 TEACHER_FORWARD = "teacher forward"
@@ -118,7 +120,7 @@ def shared_data_and_nets(settings: dict) -> tuple[Splits, dict]:
 def build_trainer(settings: dict, variant: str, mode: str, splits: Splits, nets: dict) -> Trainer:
     """A Trainer for `variant` around the shared teacher and student (compiled once per process)."""
     fields, autograd = VARIANTS[variant]
-    config = DistillConfig(**{"method": "gompertz", "feature_mode": settings["feature_mode"], **fields})
+    config = build(DistillConfig, {"method": "gompertz", "feature_mode": settings["feature_mode"], **fields})
     distiller = build_distiller(config, nets["student"], nets["teacher"])
     if autograd:
         distiller.adapters["grad"].__class__ = AutogradGradientMatching

@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .files import TEACHER_FILE
-from .preflight import check_shared_with_cluster, check_storage, wait_for_cluster_resources
-from .resume import check_resume, record
-from .runtime import acquire_sweep_lock, connect_to_ray, task_results, trial_task
-from .space import SweepSpec
-from .storage import WORKER_SCRATCH_DIR, SweepStorage, trial_dirname
-
-EXIT_INTERRUPTED = 130
+from .cli import EXIT_INTERRUPTED
+from .cluster.preflight import check_shared_with_cluster, check_storage, wait_for_cluster_resources
+from .cluster.runtime import acquire_sweep_lock, connect_to_ray, task_results, trial_task
+from .core.files import TEACHER_FILE
+from .sweep.resume import check_resume, record
+from .sweep.space import SweepSpec
+from .sweep.storage import WORKER_SCRATCH_DIR, SweepStorage, trial_dirname
 
 
 @dataclass
@@ -102,7 +101,7 @@ def run(trials: Trials) -> int:
 def run_on_ray(trials: Trials, storage: SweepStorage) -> int:
     from ray import tune
 
-    from .tracking import SweepTracker
+    from .sweep.tracking import SweepTracker
 
     spec = trials.spec
     teachers = trials.teachers(storage)
@@ -147,7 +146,7 @@ def prepare_teachers(teachers: list[tuple[SweepSpec, SweepStorage]]) -> list[dic
     autoscaler starts them), never on the CPU-only head where the driver runs; they run side by side. A given
     teacher.checkpoint is a file on the driver's machine: it is checked and uploaded from here.
     """
-    from .trainable import provide_teacher
+    from .sweep.trainable import provide_teacher
 
     if not teachers:
         return []
@@ -166,7 +165,7 @@ def prepare_teachers(teachers: list[tuple[SweepSpec, SweepStorage]]) -> list[dic
 def publish_teacher(storage: SweepStorage) -> None:
     """The provided teacher becomes the sweep's teacher.pt, written from the driver: workers may write only below
     the scratch folder (storage.py), which goes once the teacher is published."""
-    from .trainable import PROVIDED_TEACHER
+    from .sweep.trainable import PROVIDED_TEACHER
 
     storage.copy(PROVIDED_TEACHER, TEACHER_FILE)
     storage.remove(WORKER_SCRATCH_DIR)
@@ -178,7 +177,7 @@ def evaluate_once(pairs: list[tuple[object, SweepSpec]], tracker) -> list[dict |
     data source has no test split."""
     import ray
 
-    from .trainable import evaluate_on_test_split
+    from .sweep.trainable import evaluate_on_test_split
 
     for summary, _ in pairs:  # measured already: by an earlier, interrupted run of this step
         summary.test = summary.test or tracker.test_metrics(summary.trial_id)

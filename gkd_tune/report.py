@@ -1,336 +1,42 @@
-"""A sweep's results: the end-of-sweep summary (each trial's outcome, the top completed trials, the best student's
-file, how to open the MLflow UI), and the report as files and plots, written at the end of every sweep and by
+"""Write a sweep's report, finished or not, to a folder and to its MLflow run: trials.parquet (one row per trial and
+epoch), summary.md (top trials, hyperparameter importances), curves.png, betas.png, params.png.
 
     python -m gkd_tune.report --space search_spaces/quickstart.yaml [--out DIR]
-
-for any sweep, finished or not: trials.parquet (one row per trial and epoch), summary.md (the top trials and
-Optuna's hyperparameter importances), curves.png, betas.png and params.png, also logged to the sweep's MLflow run
-(whose description becomes summary.md).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
+import argparse
 import sys
-from dataclasses import dataclass, field
+import tempfile
 from pathlib import Path
 
-from .files import STUDENT_FILE
-from .space import SweepSpec, run_params, trial_configs
-from .errors import error_line
-from .storage import split_query
-from .strategy import COMPLETED, DIVERGED, FAILED, SETUP_ERROR, STOPPED, trial_outcome
-from .tracking import VIEW_KEY, SweepTracker, short
-
-TOP = 5
+from .cli import run_command, shared_options
+from .core.files import SPACE_FILE
 
 
-def mlflow_ui_hint(uri: str, experiment_id: str) -> str:
-    """How to look at the sweep's runs: a tracking server is already a UI; a store needs `mlflow ui`."""
-    # the runs table in "Model training" mode, in the sweep's saved view (tracking.VIEW_KEY: trials grouped by
-    # outcome, accuracies as columns); MLflow 3's bare experiment page opens its GenAI overview instead
-    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
-    if uri.startswith(("http://", "https://")):
-        return f"open {uri.rstrip('/')}/{page} (on a cluster through the tunnel: see cluster/README.md)"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())  # relative -> absolute, works anywhere
-    return f"mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/{page}"
-
-
-def checkpoint_location(checkpoint, storage_path: str = "", file: str = "") -> str:
-    """A Tune checkpoint's folder, or a `file` in it, as a path or URI (s3://...) that can be typed elsewhere: with
-    the query string of the sweep's storage_path (an S3-compatible store's endpoint_override), which Tune's path
-    has lost."""
-    path = f"{checkpoint.path}/{file}" if file else checkpoint.path
-    filesystem = checkpoint.filesystem
-    if filesystem is None or filesystem.type_name == "local":
-        return path
-    scheme = {"gcs": "gs"}.get(filesystem.type_name, filesystem.type_name)  # pyarrow's name -> the URI scheme
-    return f"{scheme}://{path}{split_query(storage_path)[1]}"
-
-
-@dataclass
-class TrialSummary:
-    """One trial as the summary sees it: its outcome decided once (strategy.trial_outcome)."""
-
-    trial_id: str
-    outcome: str
-    metrics: dict  # the last reported result
-    config: dict
-    checkpoint: object | None  # a Tune Checkpoint
-    error: str | None = None
-    test: dict | None = None  # test_loss, test_acc: filled for the top-k after the sweep
-    history: list = field(default_factory=list)  # every epoch's result, in order
-
-
-def summarise(results, spec: SweepSpec) -> list[TrialSummary]:
-    """Every trial of a ResultGrid with its outcome, completed ones first, best first (by the last epoch's metric)."""
-    trials = []
-    for result in results:
-        metrics = result.metrics or {}
-        error = error_line(result.error) if result.error else metrics.get(SETUP_ERROR)
-        outcome = trial_outcome(metrics, spec.search.metric, spec.training.max_epochs, result.error is not None)
-        frame = result.metrics_dataframe  # None: a trial with no result yet
-        history = [] if frame is None else [r for r in frame.to_dict("records") if r.get("epoch", 0) >= 1]
-        trials.append(TrialSummary(metrics.get("trial_id") or result.path.rsplit("/", 1)[-1], outcome, metrics,
-                                   result.config or {}, result.checkpoint, error, history=history))
-    sign = -1 if spec.mode == "max" else 1
-    trials.sort(key=lambda t: (t.outcome != COMPLETED, sign * t.metrics.get(spec.search.metric, 0.0)
-                               if t.outcome == COMPLETED else 0.0))
-    return trials
-
-
-def winners(trials: list[TrialSummary]) -> list[TrialSummary]:
-    """The trials that may win: completed, finite metric; best first. Stopped, diverged and failed ones never do."""
-    return [t for t in trials if t.outcome == COMPLETED]
-
-
-def outcome_counts(trials: list[TrialSummary]) -> str:
-    counts = {o: sum(t.outcome == o for t in trials) for o in (COMPLETED, STOPPED, DIVERGED, FAILED)}
-    return ", ".join(f"{n} {o.replace('_', ' ')}" for o, n in counts.items())
-
-
-def results_table(trials: list[TrialSummary], spec: SweepSpec) -> str:
-    """The outcome counts, the top completed trials (by the last epoch's validation metric; test metrics where
-    evaluated) and every diverged or failed trial with its error."""
-    metric = spec.search.metric
-    shown = list(spec.searched()) + list(spec.grid())
-    lines = [f"{len(trials)} trials: {outcome_counts(trials)}",
-             f"Top completed trials ({metric} at epoch {spec.training.max_epochs}; test split once, after the sweep):",
-             f"{'rank':<5}{'trial':<10}{metric:>9}{'test_acc':>9}{'epochs':>8}  " + "  ".join(f"{n:>9}" for n in shown)]
-    for rank, trial in enumerate(winners(trials)[:TOP], 1):
-        test = f"{trial.test['test_acc']:>9.4f}" if trial.test else f"{'-':>9}"
-        values = "  ".join(f"{short(trial.config.get(n), 4):>9}" for n in shown)
-        lines.append(f"{rank:<5}{trial.trial_id:<10}{trial.metrics[metric]:>9.4f}{test}{trial.metrics['epoch']:>8}  "
-                     f"{values}")
-    lines += [f"{t.outcome}: {t.trial_id}" + (f"  ({t.error})" if t.error else "")
-              for t in trials if t.outcome in (DIVERGED, FAILED)]
-    return "\n".join(lines)
-
-
-def print_summary(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTracker) -> None:
-    """The results table, the best student's file, the report (whose summary.md becomes the description of the
-    sweep's MLflow run, so the answer is on its page) and how to open MLflow."""
-    table = results_table(trials, spec)
-    print(f"\n{table}")
-    out = Path("reports") / spec.name
-    write_report(trials, spec, tracker, out)
-    top = winners(trials)[0]
-    student = checkpoint_location(top.checkpoint, spec.storage_path, STUDENT_FILE) if top.checkpoint else None
-    print(f"\nbest student: {student}  (gkd_tune.models.load_student; also the best run's checkpoint/student.pt "
-          f"artifact in MLflow)")
-    print(f"report: {out}/ (summary.md with the hyperparameter importances, trials.parquet, curves.png, betas.png, "
-          f"params.png; also on the sweep's MLflow run)")
-    print(f"MLflow: {mlflow_ui_hint(spec.tracking.uri, tracker.experiment_id)}")
-
-
-# ------------------------------------------------------------------------------------------- the report as files
-
-
-def numeric(metrics: dict) -> dict:
-    """A result's numbers (epoch as an int), without Tune's bookkeeping (pid, timestamp)."""
-    return {k: int(v) if k == "epoch" else float(v) for k, v in metrics.items()
-            if isinstance(v, numbers.Real) and not isinstance(v, bool) and k not in ("pid", "timestamp")}
-
-
-def write_parquet(rows: list[dict], path: Path) -> None:
-    """Rows of differing keys as one table (a missing value is null)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    pq.write_table(pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in rows]), path)
-
-
-def trial_rows(trials: list[TrialSummary], spec: SweepSpec) -> list[dict]:
-    """One row per trial and epoch (`epoch_rows`) of every trial of a sweep."""
-    return [row for trial in trials for row in epoch_rows(trial, run_params(spec, trial.config))]
-
-
-def epoch_rows(trial: TrialSummary, params: dict, **columns) -> list[dict]:
-    """One row per epoch of a trial: `columns`, trial id, outcome, every parameter (`param.*`), every metric; a
-    tested trial's test metrics on its last row."""
-    rows = []
-    for index, result in enumerate(trial.history):
-        last = index == len(trial.history) - 1
-        rows.append({**columns, "trial_id": trial.trial_id, "outcome": trial.outcome,
-                     **{f"param.{k}": str(v) for k, v in params.items()}, **numeric(result),
-                     "test_acc": trial.test["test_acc"] if last and trial.test else None,
-                     "test_loss": trial.test["test_loss"] if last and trial.test else None})
-    return rows
-
-
-def param_importances(trials: list[TrialSummary], spec: SweepSpec) -> tuple[dict[str, float], str]:
-    """(searched parameter -> importance, summing to 1; how) by Optuna's default importance evaluator over the
-    completed trials' final metric. Empty, with the reason, when there is nothing to rank."""
-    import optuna
-
-    searched = spec.searched()
-    completed = [t for t in winners(trials) if all(name in t.config for name in searched)]
-    if len(searched) < 2 or len(completed) < 3:
-        return {}, (f"not computed: {len(completed)} completed trial(s) and {len(searched)} searched parameter(s) "
-                    f"(needs 3 and 2)")
-
-    def distribution(d):
-        if d.kind == "choice":
-            return optuna.distributions.CategoricalDistribution(list(d.values))
-        if d.kind == "int":
-            return optuna.distributions.IntDistribution(int(d.values[0]), int(d.values[1]))
-        return optuna.distributions.FloatDistribution(*d.values, log=d.kind == "loguniform")
-
-    distributions = {name: distribution(d) for name, d in searched.items()}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize" if spec.mode == "max" else "minimize")
-    for trial in completed:
-        study.add_trial(optuna.trial.create_trial(
-            params={name: trial.config[name] for name in searched}, distributions=distributions,
-            value=float(trial.metrics[spec.search.metric])))
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    return dict(importances), f"Optuna's fANOVA evaluator over {len(completed)} completed trials"
-
-
-def summary_markdown(trials: list[TrialSummary], spec: SweepSpec, importances: dict, how: str) -> str:
-    metric, shown = spec.search.metric, list(spec.searched()) + list(spec.grid())
-    lines = [f"# Sweep {spec.name}", "", f"{len(trials)} trials: {outcome_counts(trials)}.", "",
-             f"## Top {TOP} completed trials ({metric} at epoch {spec.training.max_epochs}; test split once, after "
-             f"the sweep, for the top {spec.search.test_top_k})", "",
-             "| rank | trial | " + " | ".join([metric, "test_acc", "outcome", "epochs", *shown]) + " |",
-             "|" + "---|" * (6 + len(shown))]
-    for rank, trial in enumerate(winners(trials)[:TOP], 1):
-        test = f"{trial.test['test_acc']:.4f}" if trial.test else "-"
-        lines.append(f"| {rank} | {trial.trial_id} | {trial.metrics[metric]:.4f} | {test} | {trial.outcome} | "
-                     f"{trial.metrics.get('epoch', '-')} | " + " | ".join(short(trial.config.get(n), 4) for n in shown)
-                     + " |")
-    lines += ["", "## Hyperparameter importance", ""]
-    if importances:
-        lines += [f"{how}, on the final {metric}:", "", "| parameter | importance |", "|---|---|"]
-        lines += [f"| {name} | {value:.3f} |" for name, value in importances.items()]
-    else:
-        lines.append(how)
-    failed = [t for t in trials if t.outcome in (DIVERGED, FAILED)]
-    if failed:
-        lines += ["", "## Diverged and failed", ""] + [f"- {t.trial_id}: {t.outcome}" + (f" ({t.error})" if t.error
-                                                                                           else "") for t in failed]
-    return "\n".join(lines) + "\n"
-
-
-def report_figures(trials: list[TrialSummary], spec: SweepSpec) -> dict:
-    """curves.png (the metric over epochs, every trial; the top ones in colour), betas.png (beta(t) of the top
-    trials) and params.png (each searched parameter against the final metric; stopped trials marked)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metric, top = spec.search.metric, winners(trials)[:TOP]
-    figures = {}
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for trial in trials:
-        epochs = [r["epoch"] for r in trial.history if metric in r]
-        values = [r[metric] for r in trial.history if metric in r]
-        highlighted = trial in top
-        axes.plot(epochs, values, color=None if highlighted else "lightgrey", linewidth=2 if highlighted else 1,
-                  marker="o", markersize=3,  # a trial stopped at its first rung is one point
-                  label=trial.trial_id if highlighted else None, zorder=3 if highlighted else 1)
-    axes.set(xlabel="epoch", ylabel=metric, title=f"{spec.name}: {metric} of {len(trials)} trials (top {len(top)} "
-                                                   f"in colour)")
-    if top:
-        axes.legend(fontsize=8)
-    figures["curves.png"] = figure
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    steps = [i / 100 for i in range(101)]
-    for trial in top:
-        schedule = trial_configs(spec, trial.config)[0].schedule
-        axes.plot([t * spec.training.max_epochs for t in steps], [schedule(t) for t in steps], label=trial.trial_id)
-    axes.set(xlabel="epoch", ylabel="beta", title=f"beta(t) of the top {len(top)} trials")
-    if top:
-        axes.legend(fontsize=8)
-    figures["betas.png"] = figure
-
-    searched = list(spec.searched()) or list(spec.grid())
-    columns = max(1, min(3, len(searched)))
-    rows = max(1, math.ceil(len(searched) / columns))
-    figure, grid = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
-    for axes, name in zip(grid.flat, searched):
-        for outcome, marker, color in ((COMPLETED, "o", "tab:blue"), (STOPPED, "x", "tab:orange")):
-            chosen = [t for t in trials if t.outcome == outcome and name in t.config and metric in t.metrics]
-            axes.scatter([t.config[name] for t in chosen], [t.metrics[metric] for t in chosen], marker=marker,
-                         color=color, label=outcome.replace("_", " "))
-        axes.set(xlabel=name, ylabel=f"final {metric}")
-    for axes in list(grid.flat)[len(searched):]:
-        axes.set_visible(False)
-    grid.flat[0].legend(fontsize=8)
-    figure.suptitle(f"{spec.name}: each parameter against the final {metric}")
-    figure.tight_layout()
-    figures["params.png"] = figure
-    for figure in figures.values():
-        plt.close(figure)
-    return figures
-
-
-def write_report(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTracker, out: Path) -> str:
-    """Write the report's files to `out`, log them to the sweep's run (its description becomes summary.md)."""
-    out.mkdir(parents=True, exist_ok=True)
-    write_parquet(trial_rows(trials, spec), out / "trials.parquet")
-    importances, how = param_importances(trials, spec)
-    summary = summary_markdown(trials, spec, importances, how)
-    (out / "summary.md").write_text(summary)
-    for name, figure in report_figures(trials, spec).items():
-        figure.savefig(out / name, dpi=110)
-    for name in ("trials.parquet", "summary.md", "curves.png", "betas.png", "params.png"):
-        tracker.client.log_artifact(tracker.parent_id, str(out / name), "report")
-    tracker.describe(summary)
-    return summary
-
-
-def sweep_results(location: str):
-    """The ResultGrid of a sweep in storage (an absolute path or a URI), finished or not, without running it."""
-    from ray.tune import ExperimentAnalysis, ResultGrid
-
-    from .storage import SweepStorage
-
-    storage = SweepStorage(location)
-    return ResultGrid(ExperimentAnalysis(storage.tune_path, storage_filesystem=storage.tune_filesystem))
-
-
-def load_trials(spec: SweepSpec, tracker: SweepTracker, location: str) -> list[TrialSummary]:
-    """The trials of a sweep in storage, finished or not, with the test metrics measured so far."""
-    trials = summarise(sweep_results(location), spec)
-    for trial in trials:
-        trial.test = tracker.test_metrics(trial.trial_id)
-    return trials
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gkd_tune.report", description=__doc__.split("\n\n")[0],
+                                     parents=[shared_options(without_address=None)])
+    parser.add_argument("--space", type=Path, required=True, help="the sweep's space file")
+    parser.add_argument("--out", type=Path, help="folder for the report (default reports/<name>)")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    args = build_parser().parse_args(argv)
 
-    from .errors import exit_with_one_line
-    from .files import SPACE_FILE
-    from .space import load_space
-    from .storage import SweepStorage
+    def report() -> int:
+        from .sweep.report import load_trials, write_report
+        from .sweep.space import load_space
+        from .sweep.storage import SweepStorage
+        from .sweep.tracking import SweepTracker
 
-    parser = argparse.ArgumentParser(
-        prog="python -m gkd_tune.report",
-        description="Write a sweep's report, finished or not, to a folder and to its MLflow run: trials.parquet (one "
-                    "row per trial and epoch), summary.md (top trials, hyperparameter importances), curves.png, "
-                    "betas.png, params.png.")
-    parser.add_argument("--space", type=Path, required=True, help="the sweep's space file")
-    parser.add_argument("--storage-path", help="where the sweep's storage is (overrides storage_path)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (overrides tracking.uri)")
-    parser.add_argument("--out", type=Path, help="folder for the report (default reports/<name>)")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
-    args = parser.parse_args(argv)
-    try:
         spec = load_space(args.space).with_overrides(storage_path=args.storage_path, tracking_uri=args.tracking_uri)
         storage = SweepStorage.for_sweep(spec.storage_path, spec.name)
         if not storage.has_experiment():
             raise ValueError(f"no sweep at {storage.location}: give the space file it ran (and its --storage-path)")
         if storage.exists(SPACE_FILE):  # the space the sweep ran with, whatever the file given says now
-            import tempfile
-
             with tempfile.TemporaryDirectory() as directory:
                 ran = load_space(storage.get(SPACE_FILE, Path(directory) / SPACE_FILE))
             spec = ran.with_overrides(storage_path=spec.storage_path, tracking_uri=spec.tracking.uri)
@@ -341,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         print(summary + f"\nwritten: {out}/ trials.parquet, summary.md, curves.png, betas.png, params.png; logged "
                         f"to the sweep's MLflow run")
         return 0
-    except Exception as error:
-        return exit_with_one_line(error, args.debug)
+
+    return run_command(report, args.debug)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import engine
+from .cli import run_command, shared_options
+from .core.files import REPRODUCTION_FILE
+from .core.models import MODELS
 from .engine import Trials, TuneSettings, evaluate_once
-from .files import REPRODUCTION_FILE
-from .models import MODELS
-from .resume import effective, resume_command
-from .space import SpaceError, SweepSpec, parse_space, read_yaml, run_params, trial_configs
-from .storage import SweepStorage, trial_dirname
-from .strategy import COMPLETED
+from .sweep.resume import effective, resume_command
+from .sweep.space import SpaceError, SweepSpec, TrialPlan, parse_space, read_yaml
+from .sweep.storage import SweepStorage
+from .sweep.strategy import COMPLETED
 
 METHODS = ("student", "kd", "gompertz")
 PAPER_COLUMNS = ("teacher", *METHODS)
@@ -72,8 +73,10 @@ class Reproduction:
                 for i, p in enumerate(self.pairs) for m in self.methods for s in range(self.seeds)]
 
 
-def load_config(path: Path | str, epochs: int | None = None, seeds: int | None = None) -> Reproduction:
-    """A reproduction configuration, checked like a space file: errors name the file and the field."""
+def load_config(path: Path | str, epochs: int | None = None, seeds: int | None = None, storage_path: str | None = None,
+                tracking_uri: str | None = None) -> Reproduction:
+    """A reproduction configuration, checked like a space file: errors name the file and the field. The keyword
+    arguments are the command line's overrides (None: the file's value)."""
     raw = read_yaml(path)
 
     def fail(where: str, problem: str):
@@ -132,7 +135,8 @@ def load_config(path: Path | str, epochs: int | None = None, seeds: int | None =
             space.update(teacher={**(raw.get("teacher") or {}), "arch": pair.teacher}, student=pair.student,
                          training=training, params={**values, "method": method})
             try:
-                specs[f"{i}:{method}"] = parse_space(space, path)
+                specs[f"{i}:{method}"] = parse_space(space, path).with_overrides(storage_path=storage_path,
+                                                                                  tracking_uri=tracking_uri)
             except SpaceError as error:  # name the configuration's own field
                 message = str(error).replace(f"{path}: params.", f"{path}: methods.{method}.", 1)
                 raise ValueError(message) from None
@@ -146,9 +150,9 @@ def best_of_sweep(where: str, config_file, field_path: str) -> dict:
     sweep's storage folder, or a sweep name under ./runs."""
     from ray import tune
 
-    from .files import SPACE_FILE
-    from .report import summarise, sweep_results, winners
-    from .space import chosen_values, load_space
+    from .core.files import SPACE_FILE
+    from .sweep.report import summarise, sweep_results, winners
+    from .sweep.space import chosen_values, load_space
 
     folder = Path(where).expanduser()
     folder = folder if folder.is_dir() else Path("runs") / where
@@ -171,7 +175,7 @@ def best_of_sweep(where: str, config_file, field_path: str) -> dict:
 
 def reproduce_trial(config: dict, reproduction: Reproduction, teachers: dict) -> None:
     """One cell of the grid: the sweep trainable, with the cell's spec and its teacher's storage folder."""
-    from .trainable import train_trial
+    from .sweep.trainable import train_trial
 
     cell = config["cell"]
     spec = reproduction.spec(cell["pair"], cell["method"])
@@ -179,10 +183,10 @@ def reproduce_trial(config: dict, reproduction: Reproduction, teachers: dict) ->
 
 
 def make_logger(reproduction: Reproduction, location: str):
-    from .tracking import MlflowTrialLogger
+    from .sweep.tracking import MlflowTrialLogger
 
     class ReproductionLogger(MlflowTrialLogger):
-        """A child run per cell, named after it, with its own spec's parameters."""
+        """A child run per cell, named after it (its parameters come with its plan, as every trial's)."""
 
         def __init__(self, reproduction: Reproduction, location: str):
             super().__init__(reproduction.any_spec, location)
@@ -194,13 +198,6 @@ def make_logger(reproduction: Reproduction, location: str):
         def __setstate__(self, state):
             self.__init__(state["reproduction"], state["sweep_location"])
 
-        def spec_of(self, trial) -> SweepSpec:
-            cell = trial.config["cell"]
-            return self.reproduction.spec(cell["pair"], cell["method"])
-
-        def values_of(self, trial) -> dict:
-            return {"seed": trial.config["cell"]["seed"]}
-
         def run_name(self, trial) -> str:
             return trial.config["cell"]["label"]
 
@@ -208,8 +205,9 @@ def make_logger(reproduction: Reproduction, location: str):
 
 
 def resume_command_for(args: argparse.Namespace) -> str:
-    return resume_command("gkd_tune.reproduce", {"--config": args.config, "--epochs": args.epochs,
-                                                 "--seeds": args.seeds, "--out": args.out, "--address": args.address})
+    return resume_command("gkd_tune.reproduce", {
+        "--config": args.config, "--epochs": args.epochs, "--seeds": args.seeds, "--out": args.out,
+        "--storage-path": args.storage_path, "--tracking-uri": args.tracking_uri, "--address": args.address})
 
 
 class ReproductionTrials(Trials):
@@ -220,7 +218,8 @@ class ReproductionTrials(Trials):
     record_name = REPRODUCTION_FILE
 
     def __init__(self, reproduction: Reproduction, args: argparse.Namespace):
-        configuration = effective(args.config, {"training.max_epochs": args.epochs, "seeds": args.seeds})
+        configuration = effective(args.config, {"training.max_epochs": args.epochs, "seeds": args.seeds,
+                                                "storage_path": args.storage_path, "tracking.uri": args.tracking_uri})
         super().__init__(reproduction.any_spec, configuration, args.resume, args.address)
         self.reproduction, self.args = reproduction, args
         # the spec a teacher is trained with: its first pair's, of the first method
@@ -264,9 +263,9 @@ def present(args, reproduction: Reproduction, results, tracker, teachers: list) 
     radar.png written to --out and logged to the reproduction's run."""
     import ray
 
-    from .report import summarise, write_parquet
-    from .runtime import trial_task
-    from .trainable import evaluate_teacher_on_test_split
+    from .sweep.report import summarise, write_parquet
+    from .cluster.runtime import trial_task
+    from .sweep.trainable import evaluate_teacher_on_test_split
 
     trials = []  # (cell, its summary with the test metrics measured so far, its spec) of every trial
     for result in results:
@@ -302,7 +301,7 @@ def present(args, reproduction: Reproduction, results, tracker, teachers: list) 
 def epoch_rows(trials, reproduction: Reproduction) -> list[dict]:
     """One row per trial and epoch (report.epoch_rows), with the trial's cell: pair, method, seed; in the
     configuration's order (pairs, methods, seeds), whatever order Ray Tune returns the trials in."""
-    from .report import epoch_rows as rows_of
+    from .sweep.report import epoch_rows as rows_of
 
     def order(trial) -> tuple:
         cell = trial[0]
@@ -311,9 +310,8 @@ def epoch_rows(trials, reproduction: Reproduction) -> list[dict]:
     rows = []
     for cell, summary, cell_spec in sorted(trials, key=order):
         pair = reproduction.pairs[cell["pair"]]
-        rows += rows_of(summary, run_params(cell_spec, {"seed": cell["seed"]}), pair=pair.label,
-                        teacher_arch=pair.teacher, student_arch=pair.student, method=cell["method"],
-                        seed=cell["seed"])
+        rows += rows_of(summary, pair=pair.label, teacher_arch=pair.teacher, student_arch=pair.student,
+                        method=cell["method"], seed=cell["seed"])
     return rows
 
 
@@ -332,7 +330,7 @@ def mean_std(values: list[float]) -> tuple[float, float] | None:
 def table_markdown(reproduction: Reproduction, rows: list[dict], teacher_test: dict) -> str:
     spec = reproduction.any_spec
     reduced = reproduction.epochs < reproduction.planned_epochs
-    _, training = trial_configs(spec, {})
+    training = TrialPlan.resolve(spec, {}).train
     recipe = (f"lr {training.lr}, batch {training.batch_size}, {training.lr_schedule}; teacher "
               f"{spec.teacher.recipe.epochs} epochs")
     lines = [f"# {reproduction.name}: Table 2 on {reproduction.dataset}",
@@ -437,7 +435,8 @@ def radar(reproduction: Reproduction, rows: list[dict]):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gkd_tune.reproduce", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gkd_tune.reproduce", description=__doc__.split("\n\n")[0],
+                                     parents=[shared_options()])
     parser.add_argument("--config", type=Path, required=True, help="reproduction YAML file (see reproduce/)")
     parser.add_argument("--epochs", type=int, help="epochs per trial (overrides training.max_epochs; fewer than "
                                                    "the configuration's is reported as a reduced budget)")
@@ -445,28 +444,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="folder for table.md, runs.parquet, radar.png (default "
                                                  "reproductions/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted reproduction")
-    parser.add_argument("--address", help="an existing Ray cluster (default: RAY_ADDRESS, else a new local one)")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import exit_with_one_line
-    from .preflight import check_before_ray
+    from .cluster.preflight import check_before_ray
 
     args = build_parser().parse_args(argv)
-    try:
-        reproduction = load_config(args.config, args.epochs, args.seeds)
+
+    def reproduce() -> int:
+        reproduction = load_config(args.config, args.epochs, args.seeds, args.storage_path, args.tracking_uri)
         print(f"reproduction {reproduction.name} ({reproduction.file}): {len(reproduction.pairs)} pair(s) x "
               f"{len(reproduction.methods)} method(s) x {reproduction.seeds} seed(s) = {len(reproduction.cells())} "
               f"trials of {reproduction.epochs} epochs on {reproduction.any_spec.data.source}", flush=True)
         check_before_ray(reproduction.any_spec, args.address)
         return engine.run(ReproductionTrials(reproduction, args))
-    except KeyboardInterrupt:  # before the trials started (Tune handles Ctrl-C itself once they run)
-        print("\ninterrupted before any trial started; nothing to resume", file=sys.stderr)
-        return 130
-    except Exception as error:
-        return exit_with_one_line(error, args.debug)
+
+    # Ctrl-C reaches here only before the trials start: Tune handles it once they run
+    return run_command(reproduce, args.debug, lambda: "interrupted before any trial started; nothing to resume")
+
 
 if __name__ == "__main__":
     sys.exit(main())

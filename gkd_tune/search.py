@@ -17,14 +17,14 @@ import textwrap
 from pathlib import Path
 
 from . import engine
-from .engine import EXIT_INTERRUPTED, Trials, TuneSettings, evaluate_once
-from .errors import exit_with_one_line
-from .files import SPACE_FILE
-from .params import declared_values
-from .preflight import check_before_ray
-from .resume import effective, resume_command
-from .space import TRIAL_PARAMS, SweepSpec, load_space, tune_space
-from .storage import SweepStorage
+from .cli import run_command, shared_options
+from .cluster.preflight import check_before_ray
+from .core.files import SPACE_FILE
+from .core.params import declared_values
+from .engine import Trials, TuneSettings, evaluate_once
+from .sweep.resume import effective, resume_command
+from .sweep.space import TRIAL_PARAMS, SweepSpec, load_space, tune_space
+from .sweep.storage import SweepStorage
 
 # What --resume --accept-changes may change: what a restored sweep really applies (gkd-tune's own steps read them
 # anew); Tune restores its configs, callbacks and trials (their resources too) as they were pickled.
@@ -35,7 +35,8 @@ OVERRIDES = {"num_samples": "search.num_samples", "seed": "search.seed", "tracki
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gkd_tune.search", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gkd_tune.search", description=__doc__.split("\n\n")[0],
+                                     parents=[shared_options()])
     parser.add_argument("--space", type=Path, required=True, help="search-space YAML file (see search_spaces/)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this space")
     parser.add_argument("--accept-changes", action="store_true",
@@ -45,16 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="validate the space and print the resolved plan; train nothing")
     parser.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
     parser.add_argument("--seed", type=int, help="Optuna sampler seed (overrides search.seed)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (overrides tracking.uri; default "
-                        "sqlite:///mlflow.db in the working directory); on a cluster of several nodes, a tracking "
-                        "server such as http://127.0.0.1:5000 (cluster/gpu.yaml's, on the head)")
-    parser.add_argument("--storage-path", help="where trials' checkpoints and the teacher go (overrides "
-                        "storage_path): a folder, or a URI such as s3://bucket/prefix (an S3-compatible store: "
-                        "s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http); on a cluster of several "
-                        "nodes, storage every node can read")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
-    parser.add_argument("--address", help="an existing Ray cluster, e.g. 'auto' or HEAD_IP:6379 (default: the "
-                        "cluster in RAY_ADDRESS, as under `ray job submit`, else a new local one)")
     return parser
 
 
@@ -64,7 +55,7 @@ def sweep_storage(spec: SweepSpec) -> SweepStorage:
 
 def plan(spec: SweepSpec) -> tuple[str, list[str]]:
     """(the resolved sweep, its warnings): printed before it starts and by --dry-run."""
-    from .strategy import schedule_diagnostics
+    from .sweep.strategy import schedule_diagnostics
 
     def listing(values: dict) -> str:
         return textwrap.fill(", ".join(f"{k}={v}" for k, v in values.items()), width=110, subsequent_indent=" " * 11)
@@ -141,13 +132,13 @@ class SweepTrials(Trials):
     def trainable(self, storage: SweepStorage, teachers: list):
         from ray import tune
 
-        from .trainable import train_trial
+        from .sweep.trainable import train_trial
 
         return tune.with_parameters(train_trial, spec=self.spec, storage=storage)
 
     def tune_settings(self, storage: SweepStorage, tracker, teachers_metadata: list[dict]) -> TuneSettings:
-        from .strategy import build_scheduler, build_searcher
-        from .tracking import MlflowTrialLogger
+        from .sweep.strategy import build_scheduler, build_searcher
+        from .sweep.tracking import MlflowTrialLogger
 
         if teachers_metadata:
             tracker.log_start(teachers_metadata[0])
@@ -159,8 +150,8 @@ class SweepTrials(Trials):
                          "search_alg": build_searcher(spec), "scheduler": self.scheduler})
 
     def finish(self, results, tracker, teachers: list) -> int:
-        from .report import outcome_counts, print_summary, summarise, winners
-        from .strategy import FAILED
+        from .sweep.report import outcome_counts, print_summary, summarise, winners
+        from .sweep.strategy import FAILED
 
         spec = self.spec
         trials = summarise(results, spec)
@@ -184,7 +175,7 @@ def evaluate_top_trials(top: list, spec: SweepSpec, tracker) -> None:
     """Evaluate the chosen trials once on the test split, after every choice was made on validation; log test_acc /
     test_loss to their runs and best_test_acc to the sweep's. Once per sweep: a --resume of a tested sweep only
     prints what was measured."""
-    from .tracking import TESTED_TAG
+    from .sweep.tracking import TESTED_TAG
 
     if tracker.tested:  # measured by an earlier run of this step: only shown
         for trial in top:
@@ -203,7 +194,7 @@ def evaluate_top_trials(top: list, spec: SweepSpec, tracker) -> None:
 def report_rank_correlations(results, spec: SweepSpec, tracker, scheduler) -> None:
     """For the full-budget trials (the first K created): Spearman's rank correlation
     between val metric at each rung and at max_epochs, printed and logged as rung_spearman_e<epoch>."""
-    from .strategy import SPEARMAN_WARNING, build_scheduler, rank_correlations
+    from .sweep.strategy import SPEARMAN_WARNING, build_scheduler, rank_correlations
 
     metric, max_t = spec.search.metric, spec.training.max_epochs
     rungs = (scheduler or build_scheduler(spec)).rung_epochs  # --resume: the same rungs, rebuilt
@@ -228,7 +219,8 @@ def report_rank_correlations(results, spec: SweepSpec, tracker, scheduler) -> No
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def sweep() -> int:
         spec = load_space(args.space).with_overrides(num_samples=args.num_samples, seed=args.seed,
                                                      tracking_uri=args.tracking_uri, storage_path=args.storage_path)
         text, warnings = plan(spec)
@@ -236,15 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
         check_before_ray(spec, args.address)
-        if args.dry_run:
-            return 0
-        return engine.run(SweepTrials(spec, args))
-    except KeyboardInterrupt:  # before the trials started (Tune handles Ctrl-C itself once they run)
-        print("\ninterrupted before any trial started; nothing to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as error:  # one line (the sweep's MLflow run was closed as FAILED)
-        return exit_with_one_line(error, args.debug)
+        return 0 if args.dry_run else engine.run(SweepTrials(spec, args))
 
+    # Ctrl-C reaches here only before the trials start: Tune handles it once they run
+    return run_command(sweep, args.debug, lambda: "interrupted before any trial started; nothing to resume")
 
 if __name__ == "__main__":
     sys.exit(main())

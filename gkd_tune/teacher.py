@@ -1,150 +1,44 @@
-"""Teachers: trained once per (dataset, arch, recipe, seed) and cached under a hash of that, or loaded from a file.
+"""Train a teacher (or find it in the cache) and print where it lives and its validation accuracy.
 
     python -m gkd_tune.teacher --dataset digits --arch resnet20 --epochs 15
-
-trains (or finds in the cache) a teacher and prints where it lives and its validation accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-from filelock import FileLock
-
-from .data import DataSourceError, DataSpec, Splits, load_splits
-from .files import cache_root
-from .distill import StudentOnly
-from .errors import error_line
-from .loop import LR_SCHEDULES, Trainer, TrainConfig
-from .models import MODELS, SplitNet, build_model, load_model, save_model
-from .params import add_flags, check, from_flags, setting
+from .cli import run_command, shared_options
+from .core.data import DataSpec, load_splits
+from .core.models import MODELS
+from .core.params import add_flags, from_flags
+from .core.teacher import TeacherRecipe, obtain_teacher
 
 
-@dataclass(frozen=True)
-class TeacherRecipe:
-    """How a teacher is trained (method student: CE alone); its cache key."""
-
-    epochs: int = setting(10, "epochs of the teacher's training", low=1)
-    batch_size: int = setting(128, "the teacher's batch size", low=1)
-    lr: float = setting(0.05, "the teacher's SGD learning rate", low=0, above_low=True)
-    weight_decay: float = setting(5e-4, "the teacher's SGD weight decay", low=0)
-    lr_schedule: str = setting("cosine", "the teacher's learning-rate schedule", choices=LR_SCHEDULES)
-    seed: int = setting(0, "the teacher's seed (weights, batch order, augmentation)")
-
-    def __post_init__(self):
-        check(self)
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           weight_decay=self.weight_decay, lr_schedule=self.lr_schedule, seed=self.seed)
-
-
-def teacher_path(splits: Splits, arch: str, recipe: TeacherRecipe, val_fraction: float, directory: Path) -> Path:
-    """The cache file of a teacher: a hash of the data (its cache fingerprint), split, arch and recipe."""
-    key = json.dumps({"data": splits.cache_path.name, "val_fraction": val_fraction, "arch": arch,
-                      "recipe": asdict(recipe)}, sort_keys=True)
-    return directory / f"{arch}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
-
-
-@dataclass(frozen=True)
-class TeacherProgress:
-    """Where a teacher in training keeps its full state after every epoch, so that a retry (a spot reclaim, a crash)
-    continues from the last epoch instead of from scratch. Both take the teacher's cache key and a local file:
-    `restore` fills the file with the kept state and says whether there was one; `save` keeps the file."""
-
-    restore: Callable[[str, Path], bool]
-    save: Callable[[str, Path], None]
-
-
-def obtain_teacher(splits: Splits, arch: str, recipe: TeacherRecipe, val_fraction: float, *,
-                   checkpoint: Path | None = None, directory: Path | None = None,
-                   progress: TeacherProgress | None = None, log=print) -> tuple[SplitNet, Path, dict]:
-    """(teacher, its file, its metadata): loaded from `checkpoint`, else from the cache, else trained (continuing
-    from `progress` if it holds this teacher's state) and cached."""
-    if checkpoint is not None:
-        net, metadata = load_model(checkpoint, arch, splits.num_classes)
-        return net, Path(checkpoint), metadata
-    path = teacher_path(splits, arch, recipe, val_fraction, directory or cache_root() / "teachers")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # one trainer per teacher file: two sweeps (or a sweep and `train`) wanting the same teacher train it once
-    with FileLock(f"{path}.lock"):
-        cached = _load_cached(path, arch, splits.num_classes, log)
-        if cached is not None:
-            return cached[0], path, cached[1]
-        return _train_teacher(splits, arch, recipe, val_fraction, path, progress, log)
-
-
-def _load_cached(path: Path, arch: str, num_classes: int, log) -> tuple[SplitNet, dict] | None:
-    """A cached teacher, or None; a damaged file is removed (and the teacher trained again) with a warning."""
-    if not path.exists():
-        return None
-    try:
-        net, metadata = load_model(path, arch, num_classes)
-    except ValueError as error:
-        log(f"warning: cached teacher {path} cannot be read ({error}); training it again")
-        path.unlink(missing_ok=True)
-        return None
-    log(f"teacher {arch}: cached at {path} (val acc {metadata.get('val_acc', float('nan')):.4f})")
-    return net, metadata
-
-
-def _train_teacher(splits: Splits, arch: str, recipe: TeacherRecipe, val_fraction: float, path: Path,
-                   progress: TeacherProgress | None, log) -> tuple[SplitNet, Path, dict]:
-    log(f"teacher {arch}: training {recipe.epochs} epochs on {splits.source} -> {path}")
-    torch.manual_seed(recipe.seed)
-    net = build_model(arch, splits.num_classes)
-    trainer = Trainer(StudentOnly(net), splits, recipe.train_config())
-    state_file = path.with_name(f"{path.stem}.progress.pt")
-    if progress is not None and progress.restore(path.stem, state_file):
-        try:
-            trainer.load(state_file)
-            log(f"  teacher {arch}: continuing after epoch {trainer.epoch} (kept by an interrupted try)")
-        except Exception as error:  # a state cut short by the interruption itself: start over
-            log(f"warning: the kept state of teacher {arch} cannot be loaded ({error_line(error)}); training from "
-                f"epoch 1")
-
-    def show(metrics, trainer):
-        log(f"  teacher epoch {metrics['epoch']:>3}/{recipe.epochs}  loss {metrics['loss_total']:.4f}  "
-            f"train acc {metrics['train_acc']:.4f}  val acc {metrics['val_acc']:.4f}  "
-            f"({metrics['images_per_s']:.0f} img/s)")
-        if progress is not None:
-            trainer.save(state_file)
-            progress.save(path.stem, state_file)
-
-    history = trainer.run(show)
-    state_file.unlink(missing_ok=True)
-    metadata = {"val_acc": history[-1]["val_acc"], "recipe": asdict(recipe), "val_fraction": val_fraction,
-                **trainer.input_card}
-    save_model(path, net.cpu(), **metadata)
-    return net, path, metadata
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gkd_tune.teacher", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     parents=[shared_options(without_address=None, sweep=False)])
     parser.add_argument("--arch", required=True, choices=list(MODELS), metavar="ARCH",
                         help=f"one of: {', '.join(MODELS)}")
     parser.add_argument("--cache-dir", type=Path, help="where teachers are cached (default $GKD_TUNE_CACHE/teachers)")
     add_flags(parser.add_argument_group("data"), DataSpec)
     add_flags(parser.add_argument_group("recipe"), TeacherRecipe)
-    args = parser.parse_args(argv)
-    try:
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def teacher() -> int:
         data, recipe = from_flags(args, DataSpec), from_flags(args, TeacherRecipe)
         splits = load_splits(data.source, data.val_fraction)
         _, path, metadata = obtain_teacher(splits, args.arch, recipe, data.val_fraction, directory=args.cache_dir)
-    except (DataSourceError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"teacher {args.arch} on {data.source}: val acc {metadata['val_acc']:.4f}\n{path}")
-    return 0
+        print(f"teacher {args.arch} on {data.source}: val acc {metadata['val_acc']:.4f}\n{path}")
+        return 0
 
+    return run_command(teacher, args.debug)
 
 if __name__ == "__main__":
     sys.exit(main())

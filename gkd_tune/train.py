@@ -3,7 +3,7 @@
     python -m gkd_tune.train --source digits --teacher-arch resnet20 --student resnet8 --method gompertz \\
         --max-epochs 3 --out runs/digits-gompertz
 
-writes to --out: student.pt (the final student, for gkd_tune.models.load_student), metrics.json (one row per
+writes to --out: student.pt (the final student, for gkd_tune.core.models.load_student), metrics.json (one row per
 epoch), checkpoint.pt (the full training state after the last epoch; --resume continues from it) and config.json.
 """
 
@@ -17,27 +17,27 @@ from pathlib import Path
 
 import torch
 
-from .data import DataSpec, load_splits
-from .distill import DistillConfig, build_distiller
-from .errors import error_line, exit_with_one_line
-from .files import STUDENT_FILE
-from .loop import Trainer, TrainConfig
-from .models import MODELS, build_model, save_model
-from .params import add_flags, flatten, from_flags
-from .space import TeacherSpec
-from .teacher import obtain_teacher
+from .cli import run_command, shared_options
+from .core.data import DataSpec, load_splits
+from .core.distillers import DistillConfig, build_distiller, distillation_method
+from .core.errors import error_line
+from .core.files import STUDENT_FILE
+from .core.loop import Trainer, TrainConfig
+from .core.models import MODELS, build_model, save_model
+from .core.params import add_flags, flatten, from_flags
+from .core.teacher import TeacherSpec, obtain_teacher
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gkd_tune.train", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     parents=[shared_options(without_address=None, sweep=False)])
     run = parser.add_argument_group("run")
     run.add_argument("--student", required=True, choices=list(MODELS), metavar="ARCH",
                      help=f"one of: {', '.join(MODELS)}")
     run.add_argument("--out", type=Path, required=True, help="directory for the checkpoint and metrics")
     run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     run.add_argument("--test", action="store_true", help="also evaluate the test split every epoch")
-    run.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     add_flags(parser.add_argument_group("data"), DataSpec)
     teacher = parser.add_argument_group("teacher (for kd and gompertz)")
     add_flags(teacher, TeacherSpec, prefix="teacher-")
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> Path:
     distill_config = from_flags(args, DistillConfig)
     train_config = replace(from_flags(args, TrainConfig), evaluate_test=args.test)
     teacher_spec = None
-    if distill_config.method != "student":
+    if distillation_method(distill_config.method).needs_teacher:
         if args.teacher_arch is None:
             raise ValueError(f"--method {distill_config.method} needs --teacher ARCH")
         teacher_spec = from_flags(args, TeacherSpec, prefix="teacher-")
@@ -117,18 +117,18 @@ def run(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        out = run(args)
-    except KeyboardInterrupt:
-        saved = (args.out / "checkpoint.pt").exists()
-        print("\ninterrupted: " + ("continue with the same command and --resume (the last finished epoch is saved)"
-                                   if saved else "no epoch finished, nothing to resume"), file=sys.stderr)
-        return 130
-    except Exception as error:  # bad input, a full disk, a lost file system ...: one line
-        return exit_with_one_line(error, args.debug)
-    print(f"student: {out / STUDENT_FILE}\nmetrics: {out / 'metrics.json'}")
-    return 0
 
+    def train() -> int:
+        out = run(args)
+        print(f"student: {out / STUDENT_FILE}\nmetrics: {out / 'metrics.json'}")
+        return 0
+
+    def interrupted() -> str:
+        saved = (args.out / "checkpoint.pt").exists()
+        return "interrupted: " + ("continue with the same command and --resume (the last finished epoch is saved)"
+                                  if saved else "no epoch finished, nothing to resume")
+
+    return run_command(train, args.debug, interrupted)
 
 if __name__ == "__main__":
     sys.exit(main())

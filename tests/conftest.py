@@ -33,7 +33,7 @@ def make_splits(n_train=64, n_val=32, classes=3, seed=0, name="tiny"):
     """Random-pixel splits: enough to drive the loop, nothing to learn from."""
     import numpy as np
 
-    from gkd_tune.data import ImageArrays, Splits
+    from gkd_tune.core.data import ImageArrays, Splits
 
     rng = np.random.default_rng(seed)
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from gkd_tune import data
-from gkd_tune.data import __main__ as data_cli
-from gkd_tune.data import sources
-from gkd_tune.data import DataSourceError, DeviceLoader, ImageArrays, load_splits, random_crop_flip
+from gkd_tune.core import data
+from gkd_tune import data as data_cli
+from gkd_tune.core.data import sources
+from gkd_tune.core.data import DataSourceError, DeviceLoader, ImageArrays, load_splits, random_crop_flip
 
 
 def random_images(n, seed=0, size=32):
@@ -126,6 +126,7 @@ def test_torchvision_cifar_directory(tmp_path, monkeypatch, kind, label_key, met
 @pytest.mark.parametrize("source, message", [
     ("mnist", "unknown source kind; known: cifar10, cifar100, parquet:PATH"),
     ("parquet:", "needs a path"),
+    ("digits:/data", "digits takes no path; sources with one: parquet:PATH, imagefolder:DIR"),
     ("parquet:/does/not/exist.parquet", "no such file or directory"),
     ("imagefolder:/does/not/exist", "no such file or directory"),
 ])
@@ -186,7 +187,7 @@ def test_cache_is_reused_and_invalidated_by_change(tmp_path, monkeypatch):
     def must_not_decode(*args):
         raise AssertionError("decoded again despite a cache")
 
-    monkeypatch.setattr(sources, "decode_parquet", must_not_decode)
+    monkeypatch.setattr(sources.SOURCES["parquet"], "decode", must_not_decode)
     again, cache_again = data.load_source(f"parquet:{path}")
     assert cache_again == cache and len(again.train) == 6
     write_parquet(path, random_images(8), [0, 1] * 4)  # new content -> new fingerprint -> decoded again
@@ -202,14 +203,14 @@ def test_processes_starting_together_decode_a_source_once(tmp_path, monkeypatch)
     path = tmp_path / "c.parquet"
     write_parquet(path, random_images(6), [0, 1, 0, 1, 0, 1])
     decodes = []
-    real_decode = sources.decode_parquet
+    real_decode = sources.SOURCES["parquet"].decode
 
     def slow_decode(*args):
         decodes.append(1)
         time.sleep(0.5)  # long enough for the others to find no cache and try too
         return real_decode(*args)
 
-    monkeypatch.setattr(sources, "decode_parquet", slow_decode)
+    monkeypatch.setattr(sources.SOURCES["parquet"], "decode", slow_decode)
     results = []
     workers = [threading.Thread(target=lambda: results.append(data.load_source(f"parquet:{path}"))) for _ in range(3)]
     for worker in workers:
@@ -319,3 +320,26 @@ def test_empty_string_labelled_and_single_class_parquet_are_named(tmp_path):
     write_parquet(tmp_path / "one.parquet", random_images(2), [0, 0])
     with pytest.raises(DataSourceError, match="needs at least 2 classes"):
         data.load_source(f"parquet:{tmp_path / 'one.parquet'}")
+
+
+def test_a_new_source_kind_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
+    class Noise(sources.SourceKind):
+        usage = "noise"
+
+        def fingerprint(self, source, location, root):
+            return ["v1"]
+
+        def decode(self, source, location, root):
+            rng = np.random.default_rng(0)
+
+            def arrays(n):
+                return sources.ImageArrays(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), np.arange(n) % 2)
+
+            return sources.DecodedSource(arrays(20), arrays(6), ("heads", "tails"))
+
+    monkeypatch.setitem(sources.SOURCES, "noise", Noise())
+    splits = data.load_splits("noise", 0.2, root=tmp_path)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (16, 4, 6)
+    assert splits.class_names == ("heads", "tails") and splits.cache_path.name.startswith("noise-noise-")
+    with pytest.raises(DataSourceError, match="noise takes no path"):
+        data.load_splits("noise:/x", 0.2, root=tmp_path)

@@ -2,11 +2,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gkd_tune.distill import DistillConfig, GompertzKD, LossWeights, VanillaKD, build_distiller
-from gkd_tune.loop import Trainer, TrainConfig
-from gkd_tune.losses import kd_loss
-from gkd_tune.models import build_model
-from gkd_tune.schedules import BetaSchedule
+from gkd_tune.core.distillers import (METHODS, DistillConfig, Distiller, GompertzConfig, GompertzKD, KDConfig,
+                                      LossWeights, VanillaKD, build_distiller)
+from gkd_tune.core.loop import Trainer, TrainConfig
+from gkd_tune.core.losses import kd_loss
+from gkd_tune.core.models import build_model
+from gkd_tune.core.schedules import BetaSchedule
 
 
 def pair(classes=3):
@@ -21,7 +22,8 @@ def batch(classes=3):
 def test_gompertz_terms_and_total():
     student, teacher = pair()
     schedule = BetaSchedule("gompertz", 0.1, 1.0, 3.0, 6.0)
-    distiller = build_distiller(DistillConfig(weights=LossWeights(0.5, 2.0, 1.0), schedule=schedule), student, teacher)
+    distiller = build_distiller(DistillConfig(gompertz=GompertzConfig(weights=LossWeights(0.5, 2.0, 1.0)),
+                                                schedule=schedule), student, teacher)
     images, labels = batch()
     out = distiller.forward_train(images, labels, progress=0.4)
     assert set(out.terms) == {"ce", "wasserstein", "grad", "kd"}
@@ -33,7 +35,7 @@ def test_gompertz_terms_and_total():
 
 def test_zero_weight_terms_are_not_computed(monkeypatch):
     student, teacher = pair()
-    distiller = build_distiller(DistillConfig(weights=LossWeights(0.0, 0.0, 1.0)), student, teacher)
+    distiller = build_distiller(DistillConfig(gompertz=GompertzConfig(weights=LossWeights(0.0, 0.0, 1.0))), student, teacher)
     assert len(distiller.adapters) == 0  # no Sinkhorn adapter, no gradient remap
     out = distiller.forward_train(*batch(), progress=0.5)
     assert set(out.terms) == {"ce", "kd"}
@@ -41,14 +43,14 @@ def test_zero_weight_terms_are_not_computed(monkeypatch):
     def no_teacher(*args):
         raise AssertionError("teacher run although every teacher term has weight 0")
 
-    only_ce = build_distiller(DistillConfig(weights=LossWeights(0.0, 0.0, 0.0)), *pair())
+    only_ce = build_distiller(DistillConfig(gompertz=GompertzConfig(weights=LossWeights(0.0, 0.0, 0.0))), *pair())
     monkeypatch.setattr(only_ce, "teacher_outputs", no_teacher)
     assert set(only_ce.forward_train(*batch(), progress=0.5).terms) == {"ce"}
 
 
 def test_vanilla_kd_mixes_ce_and_kd():
     student, teacher = pair()
-    distiller = build_distiller(DistillConfig(method="kd", alpha=0.7, tau=2.0), student, teacher)
+    distiller = build_distiller(DistillConfig(method="kd", tau=2.0, kd=KDConfig(alpha=0.7)), student, teacher)
     assert isinstance(distiller, VanillaKD)
     images, labels = batch()
     out = distiller.forward_train(images, labels, progress=0.0)
@@ -77,3 +79,21 @@ def test_teacher_is_frozen_through_training(tiny_splits):
     for name, value in teacher.state_dict().items():
         assert torch.equal(value, before[name]), f"teacher {name} changed"
     assert not torch.equal(student.features[0].weight, student_before)
+
+
+def test_a_method_is_one_registered_class_that_says_what_it_uses():
+    """The registry is the one place that names methods: each says whether it needs a teacher and uses the schedule,
+    and its own settings live in DistillConfig under its name (flat by public name everywhere else)."""
+    from gkd_tune.core.params import build, settings
+
+    assert all(issubclass(method, Distiller) and method.summary for method in METHODS.values())
+    assert [name for name, m in METHODS.items() if m.uses_schedule] == ["gompertz"]
+    assert [name for name, m in METHODS.items() if not m.needs_teacher] == ["student"]
+    for name, method in METHODS.items():
+        if method.Config is not None:
+            assert isinstance(getattr(DistillConfig(), name), method.Config)
+    # flat public names reach the method's own config
+    config = build(DistillConfig, {"method": "kd", "alpha": 0.3, "r": 0.2, "w_grad": 0.0})
+    assert config.kd.alpha == 0.3 and config.gompertz.r == 0.2 and config.gompertz.weights.grad == 0.0
+    names = [s.name for s in settings(DistillConfig)]
+    assert len(names) == len(set(names))

@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from gkd_tune import doctor
-from gkd_tune.storage import SweepStorage
+from gkd_tune import doctor as doctor_command
+from gkd_tune.cluster import doctor
+from gkd_tune.sweep.storage import SweepStorage
 
 STORAGE = SweepStorage("/shared/runs/sweep")
 
@@ -74,7 +75,7 @@ def test_a_node_whose_storage_is_the_drivers_disk_is_marked_not_shared():
 def test_the_trial_step_runs_the_spaces_nets_at_its_batch_size_and_names_what_fails(monkeypatch):
     import torch
 
-    from gkd_tune.space import parse_space
+    from gkd_tune.sweep.space import parse_space
 
     space = parse_space({"name": "s", "teacher": {"arch": "resnet8"}, "student": "resnet8",
                          "training": {"batch_size": 8, "compile": "off"},
@@ -85,7 +86,7 @@ def test_the_trial_step_runs_the_spaces_nets_at_its_batch_size_and_names_what_fa
     def out_of_memory(*args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr("gkd_tune.loop.Trainer.train_step", out_of_memory)
+    monkeypatch.setattr("gkd_tune.core.loop.Trainer.train_step", out_of_memory)
     failed = doctor.trial_step(space, torch.device("cpu"))
     assert not failed["ok"] and failed["error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
@@ -99,7 +100,7 @@ def test_the_trial_step_runs_the_spaces_nets_at_its_batch_size_and_names_what_fa
 def test_bad_command_lines_are_one_line_errors(argv, message, capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     started = time.time()
-    assert doctor.main(argv) == 2
+    assert doctor_command.main(argv) == 2
     err = capsys.readouterr().err
     assert re.match(f"error: .*{message}", err) and err.count("\n") == 1, err
     assert time.time() - started < 5

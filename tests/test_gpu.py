@@ -11,11 +11,12 @@ import pytest
 import torch
 from conftest import make_splits
 
-from gkd_tune.data import DeviceLoader, ImageArrays, load_splits
-from gkd_tune.distill import DistillConfig, StudentOnly, build_distiller
-from gkd_tune.loop import Trainer, TrainConfig
-from gkd_tune.losses import FeatureWasserstein, GradientMatching
-from gkd_tune.models import build_model
+from gkd_tune.core.data import DeviceLoader, ImageArrays, load_splits
+from gkd_tune.core.distillers import DistillConfig, StudentOnly, build_distiller
+from gkd_tune.core.loop import Trainer, TrainConfig
+from gkd_tune.core.losses import FeatureWasserstein, GradientMatching
+from gkd_tune.core.models import build_model
+from gkd_tune.core.params import build
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -25,7 +26,7 @@ CUDA = torch.device("cuda")
 def gompertz_trainer(splits, compile="off", seed=0, batch_size=32, epochs=2, student="resnet8", **distill):
     torch.manual_seed(seed)
     teacher = build_model("resnet14", splits.num_classes)
-    distiller = build_distiller(DistillConfig(**distill), build_model(student, splits.num_classes), teacher)
+    distiller = build_distiller(build(DistillConfig, distill), build_model(student, splits.num_classes), teacher)
     return Trainer(distiller, splits, TrainConfig(epochs=epochs, batch_size=batch_size, compile=compile), CUDA)
 
 

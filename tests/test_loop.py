@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from gkd_tune.distill import DistillConfig, build_distiller
-from gkd_tune.loop import Trainer, TrainConfig
-from gkd_tune.models import build_model
+from gkd_tune.core.distillers import DistillConfig, build_distiller
+from gkd_tune.core.loop import Trainer, TrainConfig
+from gkd_tune.core.models import build_model
 
 
 def gompertz_trainer(splits, lr_schedule="cosine"):

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gkd_tune.losses import FeatureWasserstein, GradientMatching, kd_loss, linear_head
-from gkd_tune.models import build_model
+from gkd_tune.core.losses import FeatureWasserstein, GradientMatching, kd_loss, linear_head
+from gkd_tune.core.models import build_model
 
 
 def test_kd_equals_the_formula():

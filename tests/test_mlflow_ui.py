@@ -28,8 +28,8 @@ pytestmark = [
 
 def write_sweep(tmp_path) -> tuple[str, str, list[str]]:
     """(tracking URI, experiment id, trial run names) of a 4-trial sweep: 3 completed, 1 stopped by ASHA."""
-    from gkd_tune.space import load_space
-    from gkd_tune.tracking import MlflowTrialLogger, SweepTracker
+    from gkd_tune.sweep.space import PLAN_KEY, TrialPlan, load_space
+    from gkd_tune.sweep.tracking import MlflowTrialLogger, SweepTracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     spec = load_space(ROOT / "search_spaces" / "quickstart.yaml").with_overrides(tracking_uri=uri)
@@ -41,9 +41,11 @@ def write_sweep(tmp_path) -> tuple[str, str, list[str]]:
         trial = SimpleNamespace(trial_id=f"trial{number:03d}", config=config, experiment_tag=f"{number}_b={b}",
                                 checkpoint=None, last_result={}, error_file=None)
         logger.on_trial_start(0, [], trial)
-        for epoch in range(1, epochs + 1):
+        for epoch in range(1, epochs + 1):  # as a trial reports: its plan first, its outcome when it completes
             trial.last_result = {"epoch": epoch, "val_acc": b * epoch / 20, "loss_total": 1.0 / epoch,
-                                 "beta": 0.2 * epoch}
+                                 "beta": 0.2 * epoch, **({PLAN_KEY: TrialPlan.resolve(spec, config).to_json()}
+                                                         if epoch == 1 else {}),
+                                 **({"outcome": "completed"} if epoch == spec.training.max_epochs else {})}
             logger.on_trial_result(0, [], trial, trial.last_result)
         logger.on_trial_complete(0, [], trial)
         names.append(logger.run_name(trial))
@@ -59,7 +61,7 @@ def free_port() -> int:
 
 def test_the_printed_link_shows_the_trials_by_outcome_and_a_val_acc_chart(tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
-    from gkd_tune.report import mlflow_ui_hint
+    from gkd_tune.sweep.report import mlflow_ui_hint
 
     uri, experiment_id, names = write_sweep(tmp_path)
     link = mlflow_ui_hint(uri, experiment_id).split("then open ")[1]

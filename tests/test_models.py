@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from gkd_tune.models import MODELS, build_model
+from gkd_tune.core.models import MODELS, build_model
 
 FINAL_MAP_SIZE = {"resnet34": 4, "resnet50": 4, "mobilenet_v2": 4, "mobilenet_v2_half": 4, "vgg16_bn": 2}
 FEATURE_CHANNELS = {"resnet34": 512, "resnet50": 2048, "mobilenet_v2": 1280, "vgg16_bn": 512, "resnet8x4": 256,
@@ -36,9 +36,9 @@ def test_unknown_model_lists_known_names():
 
 
 def test_a_saved_student_classifies_raw_images_alone(tiny_splits, tmp_path):
-    from gkd_tune.distill import DistillConfig, build_distiller
-    from gkd_tune.loop import Trainer, TrainConfig
-    from gkd_tune.models import load_student, save_model
+    from gkd_tune.core.distillers import DistillConfig, build_distiller
+    from gkd_tune.core.loop import Trainer, TrainConfig
+    from gkd_tune.core.models import load_student, save_model
 
     trainer = Trainer(build_distiller(DistillConfig(method="student"), build_model("resnet8", 3), None), tiny_splits,
                       TrainConfig(epochs=1, batch_size=16))

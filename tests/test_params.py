@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 import pytest
 
 from gkd_tune import train
-from gkd_tune.data import DataSpec
-from gkd_tune.distill import DistillConfig
-from gkd_tune.loop import TrainConfig
-from gkd_tune.params import add_flags, build, check, declared_values, flatten, from_flags, setting, settings
-from gkd_tune.space import TRIAL_PARAMS, TeacherSpec, parse_space, run_params
-from gkd_tune.teacher import TeacherRecipe
+from gkd_tune.core.data import DataSpec
+from gkd_tune.core.distillers import DistillConfig
+from gkd_tune.core.loop import TrainConfig
+from gkd_tune.core.params import add_flags, build, check, declared_values, flatten, from_flags, setting, settings
+from gkd_tune.core.teacher import TeacherSpec
+from gkd_tune.sweep.space import TRIAL_PARAMS, TrialPlan, parse_space
+from gkd_tune.core.teacher import TeacherRecipe
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def test_mlflow_params_hold_every_value_that_shaped_a_trial():
     spec = parse_space({"name": "s", "training": {"batch_size": 32, "lr_schedule": "multistep"},
                         "teacher": {"arch": "resnet8", "epochs": 2, "seed": 5}, "data": {"val_fraction": 0.2},
                         "params": {"b": {"uniform": [1, 2]}, "lr": 0.2, "seed": 3}})
-    params = run_params(spec, {"b": 1.5})
+    plan = TrialPlan.resolve(spec, {"b": 1.5})
+    params = plan.params
     assert {k: params[k] for k in ("b", "lr", "batch_size", "seed", "lr_schedule", "max_epochs", "momentum")} == {
         "b": 1.5, "lr": 0.2, "batch_size": 32, "seed": 3, "lr_schedule": "multistep", "max_epochs": 10,
         "momentum": 0.9}
@@ -90,3 +92,5 @@ def test_mlflow_params_hold_every_value_that_shaped_a_trial():
     assert params["data.val_fraction"] == 0.2 and params["data.source"] == "digits"
     assert set(TRIAL_PARAMS) - {"inflection"} <= set(params) and {s.name for s in settings(TeacherRecipe)} <= {
         k.removeprefix("teacher.") for k in params}
+    # the plan as a trial announces it (its first result, JSON) reads back as the same plan
+    assert TrialPlan.from_json(plan.to_json()) == plan

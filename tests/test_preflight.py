@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from gkd_tune import search
-from gkd_tune.preflight import check_local_resources, check_storage, check_tracking
-from gkd_tune.space import parse_space
-from gkd_tune.storage import SweepStorage
+from gkd_tune.cluster.preflight import check_local_resources, check_storage, check_tracking
+from gkd_tune.sweep.space import parse_space
+from gkd_tune.sweep.storage import SweepStorage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def test_a_cluster_that_does_not_provide_a_trials_resources_in_time_is_named_not
 
     import ray
 
-    from gkd_tune.preflight import cluster_spans_nodes, wait_for_cluster_resources
+    from gkd_tune.cluster.preflight import cluster_spans_nodes, wait_for_cluster_resources
 
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False)
     try:
@@ -94,7 +94,7 @@ fs-0abc.efs.us-west-2.amazonaws.com:/ /mnt/efs nfs4 rw,relatime 0 0
     ("gs://bucket/runs", None),
 ])
 def test_which_storage_paths_are_on_this_node_alone(storage_path, verdict):
-    from gkd_tune.preflight import node_local_storage
+    from gkd_tune.cluster.preflight import node_local_storage
 
     assert node_local_storage(storage_path, MOUNTS) == verdict
 
@@ -105,13 +105,13 @@ def test_which_storage_paths_are_on_this_node_alone(storage_path, verdict):
     ("postgresql://u@db:5432/mlflow", False),
 ])
 def test_which_tracking_stores_are_files_on_this_node(uri, local):
-    from gkd_tune.preflight import node_local_tracking
+    from gkd_tune.cluster.preflight import node_local_tracking
 
     assert node_local_tracking(uri) is local
 
 
 def test_a_cluster_that_spans_nodes_refuses_this_nodes_disk_and_a_tracking_file_naming_the_flags(monkeypatch):
-    from gkd_tune import preflight
+    from gkd_tune.cluster import preflight
 
     local = parse_space({"name": "s", "storage_path": "/data/runs", "tracking": {"uri": "sqlite:///mlflow.db"}},
                         "x.yaml")

@@ -2,8 +2,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from gkd_tune.report import checkpoint_location, mlflow_ui_hint, outcome_counts, summarise, winners
-from gkd_tune.space import parse_space
+from gkd_tune.core.loop import Trainer
+from gkd_tune.sweep.report import checkpoint_location, mlflow_ui_hint, outcome_counts, summarise, winners
+from gkd_tune.sweep.space import parse_space
 
 
 def test_a_sqlite_store_needs_mlflow_ui_with_an_absolute_path(tmp_path, monkeypatch):
@@ -33,9 +34,15 @@ def test_checkpoint_locations_can_be_typed_elsewhere():
                                "student.pt") == "s3://bucket/runs/s/t/c/student.pt?endpoint_override=h:1"
 
 
-def result(trial_id, epoch, value, metric, loss=1.0, error=None):
-    return SimpleNamespace(metrics={"trial_id": trial_id, "epoch": epoch, metric: value, "loss_total": loss},
-                           config={}, checkpoint=None, error=error, path=f"/runs/{trial_id}", metrics_dataframe=None)
+def result(trial_id, epoch, value, metric, loss=1.0, error=None, max_epochs=4):
+    """A trial's last result as the loop reports it: with its outcome where it ended by itself."""
+    metrics = {"trial_id": trial_id, "epoch": epoch, metric: value, "loss_total": loss}
+    if Trainer.is_diverged(metrics):
+        metrics["outcome"] = "diverged"
+    elif epoch >= max_epochs:
+        metrics["outcome"] = "completed"
+    return SimpleNamespace(metrics=metrics, config={}, checkpoint=None, error=error, path=f"/runs/{trial_id}",
+                           metrics_dataframe=None)
 
 
 @pytest.mark.parametrize("metric, values, best", [

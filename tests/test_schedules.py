@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from gkd_tune.schedules import BetaSchedule, gompertz_beta
+from gkd_tune.core.schedules import BetaSchedule, gompertz_beta
 
 GRID = np.linspace(0, 1, 1001)
 

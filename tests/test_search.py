@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gkd_tune import engine, search
+from gkd_tune.cli import EXIT_INTERRUPTED
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
@@ -91,7 +92,7 @@ def test_quickstart_sweep_interrupted_then_killed_then_resumed(tmp_path):
 
     rc = start_then_signal([], 2, signal.SIGINT, "first.log")
     printed = (tmp_path / "first.log").read_text()
-    assert rc == search.EXIT_INTERRUPTED, printed[-3000:]
+    assert rc == EXIT_INTERRUPTED, printed[-3000:]
     assert "The sweep was interrupted" in printed and "--resume" in printed
     _, parent, children = child_runs(db)
     assert parent[0].info.status == "KILLED"
@@ -125,10 +126,12 @@ def test_quickstart_sweep_interrupted_then_killed_then_resumed(tmp_path):
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"beta_curve.png", "checkpoint"} <= artifacts
         student_file = client.download_artifacts(run.info.run_id, "checkpoint/student.pt", str(tmp_path / run.info.run_id))
-        from gkd_tune.models import load_model
+        from gkd_tune.core.models import load_model
 
         net, metadata = load_model(Path(student_file), "resnet8", 10)
         assert metadata["epoch"] == len(steps)
+        # the trial's plan, resolved once in the trial: the student file's params are its MLflow params
+        assert {k: str(v) for k, v in metadata["params"].items()} == run.data.params
         final_accuracy[run.data.tags["gkd_tune.trial_id"]] = run.data.metrics["val_acc"]
     outcomes = [r.data.tags["gkd_tune.outcome"] for r in children]
     assert outcomes.count("stopped_by_asha") >= 1 and outcomes.count("completed") >= 1
@@ -155,8 +158,9 @@ def test_quickstart_sweep_interrupted_then_killed_then_resumed(tmp_path):
 
 
 def fake_trainable(curve, fail: bool = False):
-    """A trial that reports `curve(config, epoch)` as val_acc each epoch, with a checkpoint holding a student file.
-    A local function: Ray pickles it by value, so the trial workers run it."""
+    """A trial that reports `curve(config, epoch)` as val_acc each epoch, with a checkpoint holding a student file,
+    its plan in its first result and its outcome in its last, as a real trial does. A local function: Ray pickles
+    it by value, so the trial workers run it."""
 
     def trainable(config, spec, storage):
         import os
@@ -164,14 +168,18 @@ def fake_trainable(curve, fail: bool = False):
 
         from ray import tune
 
+        from gkd_tune.sweep.space import PLAN_KEY, TrialPlan
+
         if fail:
             raise RuntimeError("boom")
         for epoch in range(1, spec.training.max_epochs + 1):
             with tempfile.TemporaryDirectory() as directory:
                 with open(os.path.join(directory, "student.pt"), "wb") as file:
                     file.write(b"not a model")
-                tune.report({"epoch": epoch, "val_acc": curve(config, epoch), "loss_total": 1.0},
-                            checkpoint=tune.Checkpoint.from_directory(directory))
+                announced = {PLAN_KEY: TrialPlan.resolve(spec, config).to_json()} if epoch == 1 else {}
+                ending = {"outcome": "completed"} if epoch == spec.training.max_epochs else {}
+                tune.report({"epoch": epoch, "val_acc": curve(config, epoch), "loss_total": 1.0, **announced,
+                             **ending}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     return trainable
 
@@ -179,8 +187,8 @@ def fake_trainable(curve, fail: bool = False):
 def run_fake_sweep(tmp_path, monkeypatch, space: dict, trainable, *extra, evaluate=None) -> tuple[int, dict]:
     import yaml
 
-    from gkd_tune import strategy
-    from gkd_tune import trainable as trainable_module
+    from gkd_tune.sweep import strategy
+    from gkd_tune.sweep import trainable as trainable_module
 
     monkeypatch.chdir(tmp_path)  # the report goes to ./reports/fake
     file = tmp_path / "space.yaml"
@@ -264,7 +272,7 @@ def test_a_baseline_runs_exactly_its_grid_without_optuna_and_tests_each_trial_on
     """baselines.yaml on a CPU: real (tiny) trials of the student alone and KD, two seeds each."""
     import yaml
 
-    from gkd_tune import strategy
+    from gkd_tune.sweep import strategy
 
     made = []
     monkeypatch.setattr(strategy, "build_searcher", lambda spec, build=strategy.build_searcher: made.append(
@@ -294,13 +302,13 @@ def test_a_sweep_whose_trials_all_fail_says_so_in_one_line_and_fails_and_set_up_
     attempts.mkdir()
 
     def trainable(config, spec, storage):
-        from gkd_tune.trainable import report_setup_failure
+        from gkd_tune.sweep.trainable import report_setup_failure
 
         name = f"b{config['b']:g}"
         (attempts / f"{name}-{len(list(attempts.glob(name + '-*')))}").touch()
         if config["b"] < 2:
             raise RuntimeError("boom")
-        report_setup_failure(spec, ValueError("teacher file has 100 classes, the data 10"))
+        report_setup_failure(spec, None, ValueError("teacher file has 100 classes, the data 10"))
 
     space = {"params": {"b": {"grid": [1.0, 4.0]}}, "training": {"max_epochs": 2},
              "search": {"num_samples": 1, "max_failures": 1}}
@@ -333,7 +341,7 @@ def test_an_error_after_the_trials_closes_every_run_and_prints_one_line(tmp_path
 
 
 def test_a_second_driver_of_the_same_sweep_is_refused_whatever_its_cache(tmp_path, capsys, monkeypatch):
-    from gkd_tune.runtime import sweep_lock
+    from gkd_tune.cluster.runtime import sweep_lock
 
     spec = search.load_space(QUICKSTART).with_overrides(storage_path=str(tmp_path / "runs"))
     monkeypatch.setenv("GKD_TUNE_CACHE", str(tmp_path / "first-cache"))
@@ -347,8 +355,8 @@ def test_a_second_driver_of_the_same_sweep_is_refused_whatever_its_cache(tmp_pat
 
 def test_resume_refuses_a_changed_space_or_option_unless_a_restored_sweep_applies_it_and_it_is_accepted(
         tmp_path, capsys):
-    from gkd_tune.resume import check_resume, effective, record
-    from gkd_tune.storage import SweepStorage
+    from gkd_tune.sweep.resume import check_resume, effective, record
+    from gkd_tune.sweep.storage import SweepStorage
 
     storage = SweepStorage.for_sweep(str(tmp_path / "runs"), "quickstart")
     started = effective(QUICKSTART, {"search.num_samples": 6, "search.seed": None})

@@ -1,4 +1,4 @@
-"""gkd_tune.sinkhorn against geomloss, the reference: the same values and gradients, and a solver dynamo traces whole.
+"""gkd_tune.core.sinkhorn against geomloss, the reference: the same values and gradients, and a solver dynamo traces whole.
 
 Tolerance: float32 on CPU, rtol 1e-5 / atol 1e-6 on the values and on every gradient (in practice they agree to
 the last bit on CPU: the same operations in the same order, only stacked).
@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from geomloss import SamplesLoss
 
-from gkd_tune.losses import FeatureWasserstein
-from gkd_tune.models import build_model
-from gkd_tune.sinkhorn import epsilon_schedule, sinkhorn_divergence
+from gkd_tune.core.losses import FeatureWasserstein
+from gkd_tune.core.models import build_model
+from gkd_tune.core.sinkhorn import epsilon_schedule, sinkhorn_divergence
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gkd_tune.space import Distribution, SpaceError, load_space, parse_space, trial_configs, tune_space
+from gkd_tune.sweep.space import Distribution, SpaceError, TrialPlan, load_space, parse_space, tune_space
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 MINIMAL = {"name": "s", "params": {"b": {"uniform": [1, 5]}, "tau": {"choice": [2, 4]}}}
@@ -11,7 +11,7 @@ MINIMAL = {"name": "s", "params": {"b": {"uniform": [1, 5]}, "tau": {"choice": [
 
 @pytest.mark.parametrize("file", sorted(SPACES.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_spaces_parse_and_asha_judges_risen_schedules(file):
-    from gkd_tune.strategy import schedule_diagnostics
+    from gkd_tune.sweep.strategy import schedule_diagnostics
 
     spec = load_space(file)
     if file.name == "baselines.yaml":
@@ -23,11 +23,9 @@ def test_shipped_spaces_parse_and_asha_judges_risen_schedules(file):
 
 def test_inflection_is_searched_instead_of_c():
     spec = parse_space({"name": "s", "params": {"b": {"uniform": [1, 5]}, "inflection": {"uniform": [0.2, 0.8]}}})
-    distill, _ = trial_configs(spec, {"b": 2.0, "inflection": 0.25})
-    assert distill.schedule.c == 8.0 and distill.schedule.b == 2.0 and "c" not in spec.fixed()
-    from gkd_tune.space import run_params
-
-    assert run_params(spec, {"b": 2.0, "inflection": 0.25})["c"] == 8.0  # MLflow shows b and c
+    plan = TrialPlan.resolve(spec, {"b": 2.0, "inflection": 0.25})
+    assert plan.distill.schedule.c == 8.0 and plan.distill.schedule.b == 2.0 and "c" not in spec.fixed()
+    assert plan.params["c"] == 8.0  # MLflow shows b and c
 
 
 def test_a_grid_becomes_tune_grid_values_and_counts_its_trials():
@@ -48,16 +46,17 @@ def test_parsed_into_typed_objects_and_tune_space():
     assert spec.searched() == {"b": Distribution("uniform", (1.0, 5.0)), "tau": Distribution("choice", (2.0, 4.0))}
     space = tune_space(spec)
     assert set(space) == {"b", "tau"}
-    distill, train = trial_configs(spec, {"b": 2.5, "tau": 4.0})
+    plan = TrialPlan.resolve(spec, {"b": 2.5, "tau": 4.0})
+    distill, train = plan.distill, plan.train
     assert distill.schedule.b == 2.5 and distill.tau == 4.0 and train.epochs == spec.training.max_epochs
-    assert distill.sinkhorn_solver == "torch" and train.compile == "auto"  # the defaults reach the trial
+    assert distill.gompertz.sinkhorn_solver == "torch" and train.compile == "auto"  # the defaults reach the trial
 
 
 def test_solver_and_compile_mode_reach_the_trial():
     raw = {**MINIMAL, "training": {**MINIMAL.get("training", {}), "compile": "off"},
            "params": {**MINIMAL["params"], "sinkhorn_solver": "geomloss"}}
-    distill, train = trial_configs(parse_space(raw, "x.yaml"), {"b": 2.5, "tau": 4.0})
-    assert distill.sinkhorn_solver == "geomloss" and train.compile == "off"
+    plan = TrialPlan.resolve(parse_space(raw, "x.yaml"), {"b": 2.5, "tau": 4.0})
+    assert plan.distill.gompertz.sinkhorn_solver == "geomloss" and plan.train.compile == "off"
 
 
 def bad(change):

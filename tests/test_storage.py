@@ -1,6 +1,6 @@
 import pytest
 
-from gkd_tune.storage import SweepStorage
+from gkd_tune.sweep.storage import SweepStorage
 
 
 def test_local_storage_path_is_made_absolute(tmp_path, monkeypatch):
@@ -70,7 +70,7 @@ def test_a_save_on_a_full_disk_says_so_and_leaves_no_partial_file(tmp_path, monk
     import pytest
     import torch
 
-    from gkd_tune import files
+    from gkd_tune.core import files
 
     def torch_on_a_full_disk(obj, path):
         open(path, "wb").write(b"half")

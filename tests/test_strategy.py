@@ -6,23 +6,44 @@ import optuna
 import pytest
 from ray import tune
 
-from gkd_tune.space import parse_space
-from gkd_tune.strategy import (
+from gkd_tune.sweep.space import parse_space
+from gkd_tune.sweep.strategy import (
     ASHAWithFullBudgetTrials, build_scheduler, build_searcher, rank_correlations, schedule_diagnostics, trial_outcome)
 
 MAX_T = 4
 
 
 @pytest.mark.parametrize("result, errored, outcome", [
-    ({"epoch": 4, "val_acc": 0.8, "loss_total": 1.0}, False, "completed"),
-    ({"epoch": 2, "val_acc": 0.8, "loss_total": 1.0}, False, "stopped_by_asha"),
-    ({"epoch": 4, "val_acc": math.nan, "loss_total": 1.0}, False, "diverged"),
-    ({"epoch": 2, "val_acc": 0.1, "loss_total": math.inf}, False, "diverged"),
-    ({"epoch": 4, "val_acc": 0.8}, True, "failed"),
+    ({"epoch": 4, "val_acc": 0.8, "outcome": "completed"}, False, "completed"),  # the trial's own word
+    ({"epoch": 2, "val_acc": 0.1, "loss_total": math.inf, "outcome": "diverged"}, False, "diverged"),
+    ({"epoch": 0, "val_acc": math.nan, "outcome": "failed", "setup_error": "ValueError: x"}, False, "failed"),
+    ({"epoch": 2, "val_acc": 0.8}, False, "stopped_by_asha"),  # no word: it did not end by itself
+    ({"epoch": 4, "val_acc": 0.8, "outcome": "completed"}, True, "failed"),  # raised after its last report
     (None, True, "failed"),
 ])
 def test_trial_outcome(result, errored, outcome):
-    assert trial_outcome(result, "val_acc", MAX_T, errored) == outcome
+    assert trial_outcome(result, errored) == outcome
+
+
+@pytest.mark.parametrize("losses, outcome", [
+    ([1.0, 0.9, 0.8, 0.7], "completed"), ([1.0, math.nan], "diverged"), ([1.0, 0.9, math.inf], "diverged")])
+def test_the_loop_reports_how_its_run_ended_in_the_last_epoch_only(tiny_splits, monkeypatch, losses, outcome):
+    from gkd_tune.core.distillers import DistillConfig, build_distiller
+    from gkd_tune.core.loop import Trainer, TrainConfig
+    from gkd_tune.core.models import build_model
+
+    trainer = Trainer(build_distiller(DistillConfig(method="student"), build_model("resnet8", 3), None), tiny_splits,
+                      TrainConfig(epochs=MAX_T, batch_size=16))
+    epochs = iter(losses)
+
+    def epoch():  # the metrics of an epoch, without training one
+        trainer.epoch += 1
+        return {"epoch": trainer.epoch, "loss_total": next(epochs), "val_loss": 1.0, "val_acc": 0.5}
+
+    monkeypatch.setattr(trainer, "train_epoch", epoch)
+    history = trainer.run()
+    assert len(history) == len(losses)
+    assert [row.get("outcome") for row in history] == [None] * (len(losses) - 1) + [outcome]
 
 
 def space(**search):
@@ -35,12 +56,14 @@ def test_optuna_is_told_pruned_for_stopped_complete_for_finished_and_fail_for_di
     spec = space(num_samples=8)
     searcher = build_searcher(spec)
     searcher.set_search_properties("val_acc", "max", {"b": tune.uniform(1, 5), "c": tune.uniform(2, 10)})
-    runs = {"finished": ([0.5, 0.6, 0.7, 0.8], False), "stopped": ([0.3, 0.35], False),
-            "diverged": ([0.3, math.nan], False), "failed": ([0.4], True)}
-    for trial_id, (values, error) in runs.items():
+    runs = {"finished": ([0.5, 0.6, 0.7, 0.8], False, "completed"), "stopped": ([0.3, 0.35], False, None),
+            "diverged": ([0.3, math.nan], False, "diverged"), "failed": ([0.4], True, None)}
+    for trial_id, (values, error, ending) in runs.items():
         assert searcher.suggest(trial_id)
         for epoch, value in enumerate(values, 1):
             result = {"epoch": epoch, "val_acc": value, "loss_total": 1.0, "training_iteration": epoch + 10}
+            if epoch == len(values) and ending:
+                result["outcome"] = ending
             searcher.on_trial_result(trial_id, result)
         searcher.on_trial_complete(trial_id, None if error else result, error=error)
     states = {t.number: t.state for t in searcher._ot_study.trials}

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from gkd_tune import teacher as teacher_module
-from gkd_tune.models import build_model, load_model, save_model
-from gkd_tune.teacher import TeacherRecipe, obtain_teacher
+from gkd_tune.core import teacher as teacher_module
+from gkd_tune.core.models import build_model, load_model, save_model
+from gkd_tune.core.teacher import TeacherRecipe, obtain_teacher
 
 
 def test_teacher_is_trained_once_then_cached(tiny_splits, tmp_path, monkeypatch):
@@ -51,8 +51,8 @@ def test_a_damaged_cached_teacher_is_trained_again_once(tiny_splits, tmp_path):
 def test_a_teacher_training_killed_midway_continues_from_its_last_epoch(tmp_path):
     """As a retried teacher task does on another node: the state kept after each epoch (in the sweep's storage;
     here a dict) is where the next try starts, and the teacher ends as if never interrupted."""
-    from gkd_tune.data import load_splits
-    from gkd_tune.teacher import TeacherProgress, TeacherRecipe, obtain_teacher
+    from gkd_tune.core.data import load_splits
+    from gkd_tune.core.teacher import TeacherProgress, TeacherRecipe, obtain_teacher
 
     splits = load_splits("digits", 0.1)
     recipe = TeacherRecipe(epochs=2, batch_size=128)

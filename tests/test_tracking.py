@@ -5,13 +5,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from gkd_tune import tracking
-from gkd_tune.space import load_space
+from gkd_tune.sweep import tracking
+from gkd_tune.sweep.space import PLAN_KEY, TrialPlan, load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_a_run_whose_driver_died_during_its_set_up_gets_its_params_and_beta_curve_on_resume(tmp_path, monkeypatch):
+def test_a_run_whose_driver_died_while_logging_its_plan_gets_its_params_and_beta_curve_on_resume(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     spec = load_space(ROOT / "search_spaces" / "quickstart.yaml").with_overrides(tracking_uri=uri)
     location = str(tmp_path / "runs" / "quickstart")
@@ -22,12 +22,16 @@ def test_a_run_whose_driver_died_during_its_set_up_gets_its_params_and_beta_curv
     def killed(*args):  # the driver dies while the figure is drawn (matplotlib's first import takes seconds)
         raise KeyboardInterrupt
 
+    plan = TrialPlan.resolve(spec, config).to_json()  # what the trial announces in its first result of each start
     with monkeypatch.context() as patch:
         patch.setattr(tracking, "beta_curve", killed)
+        first = tracking.MlflowTrialLogger(spec, location)
+        first.on_trial_start(0, [], trial)
         with pytest.raises(KeyboardInterrupt):
-            tracking.MlflowTrialLogger(spec, location).on_trial_start(0, [], trial)
-    resumed = tracking.MlflowTrialLogger(spec, location)  # the next driver, on --resume
+            first.on_trial_result(0, [], trial, {"epoch": 1, "val_acc": 0.5, PLAN_KEY: plan})
+    resumed = tracking.MlflowTrialLogger(spec, location)  # the next driver, on --resume: the trial starts again
     resumed.on_trial_start(0, [], trial)
+    resumed.on_trial_result(0, [], trial, {"epoch": 2, "val_acc": 0.6, PLAN_KEY: plan})
 
     client = resumed.client
     runs = client.search_runs([resumed.tracker.experiment_id], "tags.`gkd_tune.trial_id` = 'trial001'")

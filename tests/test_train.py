@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from gkd_tune import train
-from gkd_tune.data import load_splits
-from gkd_tune.distill import DistillConfig, build_distiller
-from gkd_tune.loop import Trainer, TrainConfig
-from gkd_tune.models import build_model, load_model
-from gkd_tune.teacher import TeacherRecipe, obtain_teacher
+from gkd_tune.core.data import load_splits
+from gkd_tune.core.distillers import DistillConfig, build_distiller
+from gkd_tune.core.loop import Trainer, TrainConfig
+from gkd_tune.core.models import build_model, load_model
+from gkd_tune.core.teacher import TeacherRecipe, obtain_teacher
 
 
 @pytest.mark.slow

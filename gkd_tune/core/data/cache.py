@@ -14,35 +14,19 @@ import numpy as np
 from filelock import FileLock
 
 from ..files import cache_root, partial_path
-from .sources import DataSourceError, DecodedSource, ImageArrays, decode, parse_source
+from .sources import DecodedSource, ImageArrays, decode, fingerprint_parts, parse_source
 
 # Bump when the decoded layout changes, so old caches are not read.
 CACHE_FORMAT = 1
 
 
-def _fingerprint(source: str, kind: str, location: str, root: Path) -> str:
-    """Changes whenever the source's content may have changed (paths, sizes, modification times)."""
-    parts = [f"format={CACHE_FORMAT}", kind]
-    if kind in ("parquet", "imagefolder"):
-        path = Path(location).resolve()
-        if not path.exists():
-            raise DataSourceError(source, f"no such file or directory: {path}")
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        parts += [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
-    elif kind in ("cifar10", "cifar100"):
-        parts.append(str((root / "torchvision").resolve()))
-    else:
-        import sklearn
-
-        parts.append(sklearn.__version__)
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
 def cache_path_for(source: str, root: Path | None = None) -> Path:
+    """Named after the source and a fingerprint that changes whenever its content may have (its kind says how)."""
     root = root or cache_root()
     kind, location = parse_source(source)
     stem = Path(location).stem if location else kind
-    return root / "arrays" / f"{kind}-{stem}-{_fingerprint(source, kind, location, root)}.npz"
+    parts = [f"format={CACHE_FORMAT}", *fingerprint_parts(source, root)]
+    return root / "arrays" / f"{kind}-{stem}-{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:16]}.npz"
 
 
 def load_source(source: str, root: Path | None = None) -> tuple[DecodedSource, Path]:

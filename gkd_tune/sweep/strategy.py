@@ -1,14 +1,15 @@
 """How a sweep picks and stops trials: Optuna's TPE told what really happened, ASHA with trials exempt from it, and
 checks of the ASHA rungs against the Gompertz schedules they judge.
 
-A trial's outcome is data, decided once here (`trial_outcome`) and used by Optuna (its trial state), MLflow (the
-`gkd_tune.outcome` tag) and the summary (only completed trials can win):
+A trial's outcome is data: the trial says how it ended (the loop's OUTCOME in its last result: completed or
+diverged; `failed` for a set-up failure), and `trial_outcome` adds what only the driver sees (stopped, raised). It
+is read by Optuna (its trial state), MLflow (the `gkd_tune.outcome` tag) and the summary (only completed trials win):
 
-    completed        reached max_epochs with a finite metric       Optuna COMPLETE, with the last value
-    stopped_by_asha  stopped early by ASHA                          Optuna PRUNED (ranked by its last report)
-    diverged         its metric or loss is NaN or infinite          Optuna FAIL
-    failed           raised (after its retries), or could not be     Optuna FAIL
-                     set up (reported as SETUP_ERROR, not retried)
+    completed        reached max_epochs with finite losses and metrics    Optuna COMPLETE, with the last value
+    stopped_by_asha  ended without an outcome of its own (ASHA stopped it)  Optuna PRUNED (ranked by its last report)
+    diverged         a loss or a validation metric is NaN or infinite      Optuna FAIL
+    failed           raised (after its retries), or could not be set up    Optuna FAIL
+                     (it reports SETUP_ERROR and ends, not retried)
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import optuna
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from ..core.distillers import distillation_method
+from ..core.loop import COMPLETED, DIVERGED, OUTCOME  # noqa: F401 (the four outcomes are imported from here)
 from .space import Distribution, SweepSpec
 
-COMPLETED, STOPPED, DIVERGED, FAILED = "completed", "stopped_by_asha", "diverged", "failed"
+STOPPED, FAILED = "stopped_by_asha", "failed"
 # A trial whose set-up fails for a reason that a retry cannot change (its configuration, its data, the teacher file
 # not fitting) reports this key with the error and ends, instead of raising: Tune would retry it max_failures times.
 SETUP_ERROR = "setup_error"
@@ -39,13 +42,9 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def trial_outcome(last_result: dict | None, metric: str, max_epochs: int, errored: bool) -> str:
-    result = last_result or {}
-    if errored or result.get(SETUP_ERROR):
-        return FAILED
-    if metric in result and not (_finite(result[metric]) and _finite(result.get("loss_total", 0.0))):
-        return DIVERGED
-    return COMPLETED if result.get("epoch", 0) >= max_epochs else STOPPED
+def trial_outcome(last_result: dict | None, errored: bool) -> str:
+    """How a trial ended: failed if it raised, else its own word, else (no word: it did not end by itself) stopped."""
+    return FAILED if errored else (last_result or {}).get(OUTCOME, STOPPED)
 
 
 class ScheduleAwareOptunaSearch(OptunaSearch):
@@ -54,10 +53,6 @@ class ScheduleAwareOptunaSearch(OptunaSearch):
     Ray's own tells an ASHA-stopped trial COMPLETE with its early value, so TPE would learn from truncated results
     as if final; and it reports at Tune's training_iteration, which restarts differ from the epoch ASHA uses.
     """
-
-    def __init__(self, max_epochs: int, **kwargs):
-        super().__init__(**kwargs)
-        self.max_epochs = max_epochs
 
     def on_trial_result(self, trial_id: str, result: dict):
         value = result.get(self.metric)
@@ -73,7 +68,7 @@ class ScheduleAwareOptunaSearch(OptunaSearch):
         if result and not error:
             # the result that ended the trial (ASHA's stop, or max_t) reaches the searcher only here
             self.on_trial_result(trial_id, result)
-        outcome = trial_outcome(result, self.metric, self.max_epochs, error)
+        outcome = trial_outcome(result, error)
         trial = self._ot_trials[trial_id]
         if outcome == COMPLETED:
             self._ot_study.tell(trial, float(result[self.metric]), state=optuna.trial.TrialState.COMPLETE)
@@ -120,7 +115,7 @@ def build_searcher(spec: SweepSpec) -> ScheduleAwareOptunaSearch | None:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate TPE
         sampler = optuna.samplers.TPESampler(seed=spec.search.seed, multivariate=True,
                                              n_startup_trials=spec.search.tpe_startup_trials)
-    return ScheduleAwareOptunaSearch(spec.training.max_epochs, sampler=sampler)
+    return ScheduleAwareOptunaSearch(sampler=sampler)
 
 
 def build_scheduler(spec: SweepSpec) -> ASHAWithFullBudgetTrials | None:
@@ -148,7 +143,9 @@ def schedule_diagnostics(spec: SweepSpec, samples: int = DIAGNOSTIC_SAMPLES, see
     head = f"ASHA compares trials at epoch {', '.join(map(str, rungs)) or '(none)'} of {max_t}"
     fixed = spec.fixed()
     params = {**fixed, **spec.params}
-    if not all(_may_be(params.get(name), value) for name, value in (("method", "gompertz"), ("schedule", "gompertz"))):
+    methods = params.get("method")
+    methods = methods.values if isinstance(methods, Distribution) else (methods,)
+    if not any(distillation_method(m).uses_schedule for m in methods) or not _may_be(params.get("schedule"), "gompertz"):
         return [head + "; no rising Gompertz schedule is searched"], []
     rng = np.random.default_rng(seed)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .data import DataSourceError
-from .preflight import LOGICAL_GPUS_ENV
-from .space import SweepSpec
-from .storage import SweepStorage
+from ..core.data import DataSourceError
+from ..sweep.space import SweepSpec
+from ..sweep.storage import SweepStorage
+from ..sweep.trainable import LOGICAL_GPUS_ENV
 
 
 def connect_to_ray(address: str | None, own_ray: bool = True) -> bool:

@@ -22,12 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
-from .space import SweepSpec
-from .storage import SweepStorage, is_uri
-
-# Set (to 1) where Ray's GPUs are logical, not CUDA devices (cluster/local.yaml's fake nodes): a task given a GPU
-# may then run on the CPU. Set where the driver starts; runtime.connect_to_ray hands it to every task and trial.
-LOGICAL_GPUS_ENV = "GKD_TUNE_LOGICAL_GPUS"
+from ..sweep.space import SweepSpec
+from ..sweep.storage import SweepStorage, is_uri
 
 # A tracking server or Ray cluster that does not answer within this many seconds is reported, not retried for
 # minutes.

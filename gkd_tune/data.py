@@ -7,8 +7,9 @@ import sys
 
 import numpy as np
 
-from .sources import SOURCE_KINDS, DataSourceError
-from .splits import load_splits
+from .cli import run_command, shared_options
+from .core.data.sources import SOURCE_KINDS
+from .core.data.splits import load_splits
 
 
 def describe(source: str, val_fraction: float, seed: int) -> str:
@@ -40,18 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gkd_tune.data", description="Inspect a data source.")
     commands = parser.add_subparsers(dest="command", required=True)
     describe_parser = commands.add_parser(
-        "describe", help="print split sizes, class counts and the cache location of a source"
-    )
+        "describe", help="print split sizes, class counts and the cache location of a source",
+        parents=[shared_options(without_address=None, sweep=False)])
     describe_parser.add_argument("source", help=f"one of: {', '.join(SOURCE_KINDS)}")
     describe_parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share (default 0.1)")
     describe_parser.add_argument("--seed", type=int, default=0, help="seed of the validation split (default 0)")
     args = parser.parse_args(argv)
-    try:
+
+    def described() -> int:
         print(describe(args.source, args.val_fraction, args.seed))
-    except DataSourceError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command(described, args.debug)
 
 
 if __name__ == "__main__":

@@ -16,17 +16,20 @@ import ray
 import torch
 from ray import tune
 
-from .data import load_splits
-from .distill import Distiller, build_distiller
-from .errors import error_line
-from .files import STUDENT_FILE, TEACHER_FILE, TRAINER_FILE
-from .loop import Trainer, default_device, evaluate, evaluation_loader
-from .models import build_model, load_model, save_model
-from .preflight import LOGICAL_GPUS_ENV
-from .space import SweepSpec, run_params, trial_configs
+from ..core.data import load_splits
+from ..core.distillers import Distiller, build_distiller, distillation_method
+from ..core.errors import error_line
+from ..core.files import STUDENT_FILE, TEACHER_FILE, TRAINER_FILE
+from ..core.loop import OUTCOME, Trainer, default_device, evaluate, evaluation_loader
+from ..core.models import build_model, load_model, save_model
+from ..core.teacher import TeacherProgress, obtain_teacher
+from .space import PLAN_KEY, SweepSpec, TrialPlan
 from .storage import WORKER_SCRATCH_DIR, SweepStorage
-from .strategy import SETUP_ERROR
-from .teacher import TeacherProgress, obtain_teacher
+from .strategy import FAILED, SETUP_ERROR
+
+# Set (to 1) where Ray's GPUs are logical, not CUDA devices (cluster/local.yaml's fake nodes): a task given a GPU
+# may then run on the CPU. Set where the driver starts; cluster.runtime.connect_to_ray hands it to every task and trial.
+LOGICAL_GPUS_ENV = "GKD_TUNE_LOGICAL_GPUS"
 
 # In a sweep's storage: the teacher that provide_teacher trained or took; the driver publishes it as TEACHER_FILE.
 PROVIDED_TEACHER = f"{WORKER_SCRATCH_DIR}/{TEACHER_FILE}"
@@ -71,10 +74,12 @@ def check_gpu_visible(spec: SweepSpec) -> None:
 def train_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     check_gpu_visible(spec)  # raises (retried, perhaps on another node): not a set-up error of the trial's own
+    plan = None
     try:
-        trainer = set_up_trial(config, spec, storage)
+        plan = TrialPlan.resolve(spec, config)
+        trainer = set_up_trial(plan, storage)
     except ValueError as error:  # configuration, data (DataSourceError), teacher file: the same on every retry
-        report_setup_failure(spec, error)
+        report_setup_failure(spec, plan, error)
         return
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -82,35 +87,38 @@ def train_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
             trainer.load(Path(directory) / TRAINER_FILE)
     # which node ran each epoch, in the trial's results: placement and retries on a cluster are visible
     node_id = ray.get_runtime_context().get_node_id()
+    announced = {PLAN_KEY: plan.to_json()}  # in the first result of this start only
 
     def report(metrics: dict, trainer: Trainer) -> None:
         with tempfile.TemporaryDirectory() as directory:
             trainer.save(Path(directory) / TRAINER_FILE)
             save_model(Path(directory) / STUDENT_FILE, trainer.distiller.student, val_acc=metrics["val_acc"],
-                       epoch=metrics["epoch"], params=run_params(spec, config), **trainer.input_card)
+                       epoch=metrics["epoch"], params=plan.params, **trainer.input_card)
             # ASHA stops a trial by raising out of this call
-            tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report({**metrics, "node_id": node_id, **announced},
+                        checkpoint=tune.Checkpoint.from_directory(directory))
+        announced.clear()
 
     trainer.run(report)
 
 
-def set_up_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> Trainer:
-    distill_config, train_config = trial_configs(spec, config)
-    splits = load_splits(spec.data.source, spec.data.val_fraction)
+def set_up_trial(plan: TrialPlan, storage: SweepStorage) -> Trainer:
+    splits = load_splits(plan.data.source, plan.data.val_fraction)
     teacher = None
-    if distill_config.method != "student":
+    if distillation_method(plan.distill.method).needs_teacher:
         with tempfile.TemporaryDirectory() as directory:
             teacher_file = storage.get(TEACHER_FILE, Path(directory) / TEACHER_FILE)
-            teacher, _ = load_model(teacher_file, spec.teacher.arch, splits.num_classes)
-    torch.manual_seed(train_config.seed)
-    student = build_model(spec.student, splits.num_classes)
-    return Trainer(build_distiller(distill_config, student, teacher), splits, train_config)
+            teacher, _ = load_model(teacher_file, plan.teacher.arch, splits.num_classes)
+    torch.manual_seed(plan.train.seed)
+    student = build_model(plan.student, splits.num_classes)
+    return Trainer(build_distiller(plan.distill, student, teacher), splits, plan.train)
 
 
-def report_setup_failure(spec: SweepSpec, error: Exception) -> None:
+def report_setup_failure(spec: SweepSpec, plan: TrialPlan | None, error: Exception) -> None:
     """End the trial as failed without raising, so Tune does not retry what a retry cannot change. The metric is
-    NaN (Tune requires it in every result); strategy.trial_outcome reads SETUP_ERROR as `failed`."""
-    tune.report({spec.search.metric: float("nan"), "epoch": 0, SETUP_ERROR: error_line(error)})
+    NaN (Tune requires it in every result); the plan comes along when the trial got as far as resolving it."""
+    tune.report({spec.search.metric: float("nan"), "epoch": 0, OUTCOME: FAILED, SETUP_ERROR: error_line(error),
+                 **({PLAN_KEY: plan.to_json()} if plan else {})})
 
 
 def evaluate_on_test_split(spec: SweepSpec, checkpoint: tune.Checkpoint) -> dict | None:

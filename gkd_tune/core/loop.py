@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import DeviceLoader, ImageArrays, Splits
-from .distill import Distiller, StepOutput
+from .distillers import Distiller, StepOutput
 from .files import save_atomically
 from .params import check, setting
 
@@ -30,6 +30,10 @@ COMPILE_MODES = ("auto", "off", "on", "cudagraphs")
 AUTO_COMPILE = "cudagraphs"
 # Evaluation has no gradients to keep: on a GPU, larger batches keep it from being launch-bound.
 CUDA_EVAL_BATCH_SIZE = 1024
+# How a run ended, as data: the last epoch's metrics say it under OUTCOME. The loop knows two endings; a sweep adds
+# its own (strategy.py: stopped early, failed).
+OUTCOME = "outcome"
+COMPLETED, DIVERGED = "completed", "diverged"
 
 
 @dataclass(frozen=True)
@@ -136,18 +140,26 @@ class Trainer:
     # ---------------------------------------------------------------------------------------- training
 
     def run(self, on_epoch: EpochCallback | None = None) -> list[dict]:
-        """Train to the planned epochs; a diverged run (non-finite loss: its weights are NaN now, no epoch can
-        recover them) stops after reporting that epoch."""
+        """Train to the planned epochs; a diverged run (a non-finite loss: its weights are NaN now, no epoch can
+        recover them) stops after that epoch. The last epoch's metrics carry the run's OUTCOME."""
         while self.epoch < self.config.epochs and not self.diverged:
             metrics = self.train_epoch()
+            if self.is_diverged(metrics):
+                metrics[OUTCOME] = DIVERGED
+            elif self.epoch >= self.config.epochs:
+                metrics[OUTCOME] = COMPLETED
             self.history.append(metrics)
             if on_epoch is not None:
                 on_epoch(metrics, self)
         return self.history
 
+    @staticmethod
+    def is_diverged(metrics: dict) -> bool:
+        return not all(math.isfinite(metrics.get(name, 0.0)) for name in ("loss_total", "val_loss", "val_acc"))
+
     @property
     def diverged(self) -> bool:
-        return bool(self.history) and not math.isfinite(self.history[-1].get("loss_total", 0.0))
+        return bool(self.history) and self.is_diverged(self.history[-1])
 
     def _autocast(self):
         return autocast(self.device)

@@ -1,10 +1,12 @@
 """Data, in the order it flows: sources -> cached uint8 arrays -> stratified splits -> a loader on the device.
 
-    sources.py   a source string (cifar10, cifar100, parquet:PATH, imagefolder:DIR, digits) and one decoder per kind
-    cache.py     each source decoded once into uint8 arrays (N x 3 x 32 x 32), cached by a fingerprint of the source
+    sources/     a source string (cifar10, cifar100, parquet:PATH, imagefolder:DIR, digits); one file per kind, which
+                 fingerprints and decodes it, registered in sources.SOURCES
+    cache.py     each source decoded once into uint8 arrays (N x 3 x 32 x 32), cached by its fingerprint
     splits.py    train / stratified validation / test
     loader.py    the whole split on the compute device, crop + flip as tensor ops
-    __main__.py  ``python -m gkd_tune.data describe SOURCE``
+
+``python -m gkd_tune.data describe SOURCE`` (gkd_tune/data.py) shows what a source holds.
 """
 
 from .cache import cache_path_for, load_source

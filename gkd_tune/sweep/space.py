@@ -7,6 +7,7 @@ See README.md ("Search-space files") for the format and search_spaces/*.yaml for
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -15,13 +16,13 @@ from typing import Any
 
 import yaml
 
-from .data import DataSourceError, DataSpec, absolute_source
-from .distill import DistillConfig
-from .loop import TrainConfig
-from .models import MODELS
-from .params import Param, Setting, build, check, flatten, setting, settings
+from ..core.data import DataSourceError, DataSpec, absolute_source
+from ..core.distillers import DistillConfig
+from ..core.loop import TrainConfig
+from ..core.models import MODELS
+from ..core.params import Param, Setting, build, check, flatten, setting, settings
+from ..core.teacher import TeacherSpec
 from .storage import TRIAL_DIR_PREFIX, WORKER_SCRATCH_DIR
-from .teacher import TeacherRecipe
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")  # grid: every value, in every sample
 METRICS = ("val_acc", "val_loss")
@@ -66,16 +67,6 @@ INFLECTION = Setting("inflection", (), float, None, Param(
 TRIAL_PARAMS: dict[str, Setting] = {s.name: s for s in sorted(
     settings(DistillConfig) + settings(TrainConfig, searchable=True) + [INFLECTION],
     key=lambda s: _CURVE_FIRST.index(s.name) if s.name in _CURVE_FIRST else len(_CURVE_FIRST))}
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    arch: str = setting("resnet20", "the teacher's architecture", choices=tuple(MODELS), aliases=("teacher",))
-    checkpoint: str | None = setting(None, "a trained teacher's file, used instead of training one")
-    recipe: TeacherRecipe = field(default_factory=TeacherRecipe)
-
-    def __post_init__(self):
-        check(self)
 
 
 @dataclass(frozen=True)
@@ -181,21 +172,53 @@ def chosen_values(spec: SweepSpec, values: dict[str, Any]) -> dict[str, Any]:
     return chosen
 
 
-def trial_configs(spec: SweepSpec, values: dict[str, Any]) -> tuple[DistillConfig, TrainConfig]:
-    """The typed configs of one trial from the sampled values (plus the fixed ones and defaults)."""
-    chosen = chosen_values(spec, values)
-    return build(DistillConfig, chosen), build(TrainConfig, {**flatten(spec.training), **chosen})
-
-
 def _prefixed(prefix: str, config) -> dict[str, Any]:
     return {f"{prefix}.{k}": v for k, v in flatten(config).items()}
 
 
-def run_params(spec: SweepSpec, values: dict[str, Any]) -> dict[str, Any]:
-    """Every value that shapes one trial, by public name: a trial run's MLflow params."""
-    distill, train = trial_configs(spec, values)
-    return {**flatten(distill), **flatten(train), "student": spec.student, **_prefixed("teacher", spec.teacher),
-            **_prefixed("data", spec.data)}
+def _unprefixed(prefix: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {k[len(prefix) + 1:]: v for k, v in params.items() if k.startswith(prefix + ".")}
+
+
+# A trial's first result (after each start) carries its plan here, as TrialPlan.to_json().
+PLAN_KEY = "plan"
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """One trial, resolved once, when it is set up: the typed configs it trains with, what it distils from and into,
+    and (`params`) every value that shapes it. It travels with the trial's first result (PLAN_KEY) and its
+    student file; tracking, the report and reproduce read it from there (`from_json`) instead of re-deriving it."""
+
+    distill: DistillConfig
+    train: TrainConfig
+    student: str
+    teacher: TeacherSpec
+    data: DataSpec
+
+    @classmethod
+    def resolve(cls, spec: SweepSpec, values: dict[str, Any]) -> "TrialPlan":
+        """From the trial's sampled values (plus the fixed ones and defaults); ValueError for an invalid mix."""
+        chosen = chosen_values(spec, values)
+        return cls(build(DistillConfig, chosen), build(TrainConfig, {**flatten(spec.training), **chosen}),
+                   spec.student, spec.teacher, spec.data)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """By public name: a trial run's MLflow params, the report's param.* columns, a student file's params. As
+        JSON has them (a tuple is a list), so that every reader shows the same text."""
+        params = {**flatten(self.distill), **flatten(self.train), "student": self.student,
+                  **_prefixed("teacher", self.teacher), **_prefixed("data", self.data)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.params)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrialPlan":
+        params = json.loads(text)
+        return cls(build(DistillConfig, params), build(TrainConfig, params), params["student"],
+                   build(TeacherSpec, _unprefixed("teacher", params)), build(DataSpec, _unprefixed("data", params)))
 
 
 def sweep_params(spec: SweepSpec) -> dict[str, Any]:

@@ -19,8 +19,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from .files import STUDENT_FILE
-from .space import SweepSpec, run_params, sweep_params, trial_configs
+from ..core.distillers import distillation_method
+from ..core.files import STUDENT_FILE
+from .space import PLAN_KEY, SweepSpec, TrialPlan, sweep_params
 from .strategy import DIVERGED, FAILED, SETUP_ERROR, trial_outcome
 
 SWEEP_TAG = "gkd_tune.sweep_dir"
@@ -29,8 +30,8 @@ TRIAL_TAG = "gkd_tune.trial_id"
 OUTCOME_TAG = "gkd_tune.outcome"  # strategy.trial_outcome
 TESTED_TAG = "gkd_tune.tested"
 ERROR_TAG = "gkd_tune.error"  # a failed trial's error, one line
-# set once a trial run holds its params and beta curve: a driver killed in between leaves a run without it, whose
-# set-up the next --resume logs again
+# set once a trial run holds its plan (params and beta curve): a driver killed in between leaves a run without it,
+# and the trial's next start announces its plan again
 SET_UP_TAG = "gkd_tune.set_up"
 LOGGED_METRICS = ("beta", "lr", "train_acc", "val_acc", "val_loss", "test_acc", "test_loss", "epoch_time_s",
                   "images_per_s")
@@ -170,31 +171,22 @@ class MlflowTrialLogger(tune.Callback):
             history = self.client.get_metric_history(run_id, "val_acc")
             last = max((m.step for m in history), default=0)
             self.client.update_run(run_id, status="RUNNING")
-            if SET_UP_TAG not in self.client.get_run(run_id).data.tags:
-                self._log_trial_setup(run_id, trial)
         else:
             run_id = self.client.create_run(
                 self.tracker.experiment_id, run_name=self.run_name(trial),
                 tags={"mlflow.parentRunId": self.tracker.parent_id, TRIAL_TAG: trial.trial_id}).info.run_id
-            self._log_trial_setup(run_id, trial)
             last = 0
         self.runs[trial.trial_id] = (run_id, last)
         return run_id, last
 
-    def spec_of(self, trial) -> SweepSpec:
-        """The spec a trial was run with (one per sweep; a reproduction has one per pair and method)."""
-        return self.spec
-
-    def values_of(self, trial) -> dict:
-        """The trial's own values, on top of its spec's fixed ones."""
-        return trial.config
-
-    def _log_trial_setup(self, run_id: str, trial) -> None:
-        spec, values = self.spec_of(trial), self.values_of(trial)
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in run_params(spec, values).items()])
-        distill_config, train_config = trial_configs(spec, values)
-        if distill_config.method == "gompertz":
-            self.client.log_figure(run_id, beta_curve(distill_config.schedule, train_config.epochs), "beta_curve.png")
+    def log_plan(self, run_id: str, plan_json: str) -> None:
+        """A trial's plan, as it announced it: its params, and the beta curve of a method that uses the schedule."""
+        if SET_UP_TAG in self.client.get_run(run_id).data.tags:
+            return
+        plan = TrialPlan.from_json(plan_json)
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in plan.params.items()])
+        if distillation_method(plan.distill.method).uses_schedule:
+            self.client.log_figure(run_id, beta_curve(plan.distill.schedule, plan.train.epochs), "beta_curve.png")
         self.client.set_tag(run_id, SET_UP_TAG, "true")
 
     def run_name(self, trial) -> str:
@@ -204,11 +196,21 @@ class MlflowTrialLogger(tune.Callback):
         values = " ".join(f"{name}={short(trial.config[name], 2)}" for name in varied if name in trial.config)
         return f"t{number.zfill(2)} {values}".strip()
 
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        # A trial's beta curve is drawn when its plan arrives, inside the driver's handling of that result (before
+        # Tune registers its checkpoint): matplotlib's first import, seconds long, belongs before the trials start.
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self.run_for(trial)  # the run opens when the trial does: its duration in MLflow is the trial's
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id, last = self.run_for(trial)
+        if PLAN_KEY in result:
+            self.log_plan(run_id, result[PLAN_KEY])
         epoch = int(result["epoch"])
         if epoch <= last:  # already logged before a restore re-ran it
             return
@@ -223,8 +225,7 @@ class MlflowTrialLogger(tune.Callback):
         if trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as directory:
                 self.client.log_artifact(run_id, str(Path(directory) / STUDENT_FILE), "checkpoint")
-        spec = self.spec_of(trial)
-        outcome = trial_outcome(trial.last_result, spec.search.metric, spec.training.max_epochs, errored=False)
+        outcome = trial_outcome(trial.last_result, errored=False)
         tags = [RunTag(OUTCOME_TAG, outcome), RunTag("epochs_run", str(last))]
         if trial.last_result.get(SETUP_ERROR):
             tags.append(RunTag(ERROR_TAG, trial.last_result[SETUP_ERROR]))

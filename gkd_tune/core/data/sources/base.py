@@ -1,0 +1,99 @@
+"""What every data source kind shares: the arrays it decodes into, its error, and the SourceKind it implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SIZE = 32
+
+
+class DataSourceError(ValueError):
+    """A data source that cannot be read; the message names the source and what is wrong."""
+
+    def __init__(self, source: str, problem: str):
+        super().__init__(f"data source {source!r}: {problem}")
+        self.source, self.problem = source, problem
+
+    def __reduce__(self):  # raised inside Ray tasks and trials: must survive pickling back to the driver
+        return type(self), (self.source, self.problem)
+
+
+@dataclass(frozen=True)
+class ImageArrays:
+    images: np.ndarray  # N x 3 x 32 x 32, uint8
+    labels: np.ndarray  # N, int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> "ImageArrays":
+        return ImageArrays(self.images[indices], self.labels[indices])
+
+
+@dataclass(frozen=True)
+class DecodedSource:
+    train: ImageArrays
+    test: ImageArrays | None
+    class_names: tuple[str, ...]
+
+
+class SourceKind:
+    """A kind of data source, the `kind` of 'kind' or 'kind:PATH': how its content is fingerprinted (for the
+    decoded-array cache) and decoded. One file per kind, registered by one line in sources.SOURCES."""
+
+    usage = ""  # how a source of this kind is written, e.g. 'parquet:PATH'
+    takes_path = False  # written as 'kind:PATH'
+
+    def fingerprint(self, source: str, location: str, root: Path) -> list[str]:
+        """What changes whenever the content may have (`root`: the cache root)."""
+        raise NotImplementedError
+
+    def decode(self, source: str, location: str, root: Path) -> DecodedSource:
+        """N x 3 x 32 x 32 uint8 images and int64 labels; DataSourceError naming the source for anything wrong."""
+        raise NotImplementedError
+
+
+class FilesKind(SourceKind):
+    """A kind read from files under a path: its fingerprint is every file's path, size and modification time."""
+
+    takes_path = True
+
+    def fingerprint(self, source: str, location: str, root: Path) -> list[str]:
+        path = Path(location).resolve()
+        if not path.exists():
+            raise DataSourceError(source, f"no such file or directory: {path}")
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        return [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+
+
+def to_nchw_uint8(source: str, pictures: list, what: str) -> np.ndarray:
+    """PIL images -> N x 3 x 32 x 32 uint8 (resized when not 32x32)."""
+    from PIL import Image
+
+    out = np.empty((len(pictures), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    for i, picture in enumerate(pictures):
+        try:
+            image = picture() if callable(picture) else picture
+            image = image.convert("RGB")
+        except Exception as error:  # PIL raises several types for bad bytes
+            raise DataSourceError(source, f"cannot decode image {i} of {what}: {error}") from None
+        if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+            image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+        out[i] = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+    return out
+
+
+def class_names_for(source: str, names, train: ImageArrays, test: ImageArrays | None) -> tuple[str, ...]:
+    highest = int(max(train.labels.max(), test.labels.max() if test is not None else 0))
+    if train.labels.min() < 0:
+        raise DataSourceError(source, "labels must be non-negative integers")
+    if highest < 1:
+        raise DataSourceError(source, "needs at least 2 classes (labels 0..K-1), found only label 0")
+    if names is None:
+        return tuple(str(i) for i in range(highest + 1))
+    if highest >= len(names):
+        raise DataSourceError(source, f"label {highest} but only {len(names)} class names")
+    return tuple(names)

@@ -1,0 +1,51 @@
+"""Distillation methods: one file per method (mdistiller's shape), registered in METHODS by one line.
+
+The training loop backpropagates a step's ``total`` and logs its ``terms`` (unweighted) and ``beta``. A method's
+class says what it needs (base.Distiller: a teacher, the beta(t) schedule, a Config of its own); nothing outside
+its file asks for a method by name. DistillConfig holds what methods share (the method, tau, the schedule) and each
+registered method's own Config under the method's name, all flat by public name in space files, flags and MLflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..models import SplitNet
+from ..params import check, setting
+from ..schedules import BetaSchedule
+from .base import Distiller, StepOutput
+from .gompertz import GompertzConfig, GompertzKD, LossWeights
+from .kd import KDConfig, VanillaKD
+from .student import StudentOnly
+
+# The registry: name -> method. A new method is its file, its line here and (with settings) its Config's line below.
+METHODS: dict[str, type[Distiller]] = {"student": StudentOnly, "kd": VanillaKD, "gompertz": GompertzKD}
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    method: str = setting("gompertz", "; ".join(f"{name}: {m.summary}" for name, m in METHODS.items()),
+                          choices=tuple(METHODS), searchable=True)
+    tau: float = setting(4.0, "KD temperature", low=0, above_low=True, searchable=True)
+    schedule: BetaSchedule = field(default_factory=BetaSchedule)  # of the methods whose uses_schedule is True
+    kd: KDConfig = field(default_factory=KDConfig)
+    gompertz: GompertzConfig = field(default_factory=GompertzConfig)
+
+    def __post_init__(self):
+        check(self)
+
+
+def distillation_method(name: str) -> type[Distiller]:
+    return METHODS[name]
+
+
+def build_distiller(config: DistillConfig, student: SplitNet, teacher: SplitNet | None) -> Distiller:
+    method = METHODS[config.method]
+    if method.needs_teacher and teacher is None:
+        raise ValueError(f"method {config.method!r} needs a teacher")
+    return method(student, teacher, config)
+
+
+
+__all__ = ["METHODS", "DistillConfig", "Distiller", "GompertzConfig", "GompertzKD", "KDConfig", "LossWeights",
+           "StepOutput", "StudentOnly", "VanillaKD", "build_distiller", "distillation_method"]
