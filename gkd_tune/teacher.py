@@ -11,8 +11,9 @@ from pathlib import Path
 
 from .cli import run_command, shared_options
 from .core.data import DataSpec, load_splits
+from .core.loop import TrainConfig
 from .core.models import MODELS
-from .core.params import add_flags, from_flags
+from .core.params import add_flags, from_flags, settings
 from .core.teacher import TeacherRecipe, obtain_teacher
 
 
@@ -23,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", required=True, choices=list(MODELS), metavar="ARCH",
                         help=f"one of: {', '.join(MODELS)}")
     parser.add_argument("--cache-dir", type=Path, help="where teachers are cached (default $GKD_TUNE_CACHE/teachers)")
+    compile_mode = next(s for s in settings(TrainConfig) if s.name == "compile")  # how it runs, not its recipe
+    parser.add_argument("--compile", choices=compile_mode.param.choices, default=compile_mode.default,
+                        help=compile_mode.param.help)
     add_flags(parser.add_argument_group("data"), DataSpec)
     add_flags(parser.add_argument_group("recipe"), TeacherRecipe)
     return parser
@@ -34,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     def teacher() -> int:
         data, recipe = from_flags(args, DataSpec), from_flags(args, TeacherRecipe)
         splits = load_splits(data.source, data.val_fraction)
-        _, path, metadata = obtain_teacher(splits, args.arch, recipe, data.val_fraction, directory=args.cache_dir)
+        _, path, metadata = obtain_teacher(splits, args.arch, recipe, data.val_fraction, directory=args.cache_dir,
+                                           compile=args.compile)
         print(f"teacher {args.arch} on {data.source}: val acc {metadata['val_acc']:.4f}\n{path}")
         return 0
 

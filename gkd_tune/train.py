@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from .core.data import DataSpec, load_splits
 from .core.distillers import DistillConfig, build_distiller, distillation_method
 from .core.errors import error_line
 from .core.files import STUDENT_FILE
-from .core.loop import Trainer, TrainConfig
+from .core.loop import Trainer, TrainConfig, evaluation_loader
 from .core.models import MODELS, build_model, save_model
 from .core.params import add_flags, flatten, from_flags
 from .core.teacher import TeacherSpec, obtain_teacher
@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"one of: {', '.join(MODELS)}")
     run.add_argument("--out", type=Path, required=True, help="directory for the checkpoint and metrics")
     run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    run.add_argument("--test", action="store_true", help="also evaluate the test split every epoch")
+    run.add_argument("--test", action="store_true", help="evaluate the final student once on the test split (after "
+                     "the last epoch, nothing chosen on it): test_loss and test_acc in the last row of metrics.json")
     add_flags(parser.add_argument_group("data"), DataSpec)
     teacher = parser.add_argument_group("teacher (for kd and gompertz)")
     add_flags(teacher, TeacherSpec, prefix="teacher-")
@@ -72,18 +73,20 @@ def run(args: argparse.Namespace) -> Path:
     checkpoint = check_out(out, args.resume)
     data = from_flags(args, DataSpec)
     distill_config = from_flags(args, DistillConfig)
-    train_config = replace(from_flags(args, TrainConfig), evaluate_test=args.test)
+    train_config = from_flags(args, TrainConfig)
     teacher_spec = None
     if distillation_method(distill_config.method).needs_teacher:
         if args.teacher_arch is None:
             raise ValueError(f"--method {distill_config.method} needs --teacher ARCH")
         teacher_spec = from_flags(args, TeacherSpec, prefix="teacher-")
     splits = load_splits(data.source, data.val_fraction)
+    if args.test and splits.test is None:
+        raise ValueError(f"--test: data source {data.source!r} has no test split")
     teacher = None
     if teacher_spec is not None:
         given = Path(teacher_spec.checkpoint).expanduser() if teacher_spec.checkpoint else None
         teacher, _, _ = obtain_teacher(splits, teacher_spec.arch, teacher_spec.recipe, data.val_fraction,
-                                       checkpoint=given)
+                                       checkpoint=given, compile=train_config.compile)
     torch.manual_seed(train_config.seed)  # the student's initial weights do not depend on whether the teacher was cached
     student = build_model(args.student, splits.num_classes)
     trainer = Trainer(build_distiller(distill_config, student, teacher), splits, train_config)
@@ -109,6 +112,14 @@ def run(args: argparse.Namespace) -> Path:
     if trainer.diverged:
         raise ValueError(f"diverged at epoch {trainer.epoch} (loss {trainer.history[-1]['loss_total']}): stopped; "
                          f"try a lower --lr")
+    if args.test and "test_acc" not in trainer.history[-1]:  # once; a resumed finished run was tested already
+        loader = evaluation_loader(splits.test, splits.channel_stats(), train_config.batch_size, trainer.device)
+        test_loss, test_acc = trainer.evaluate(loader)
+        trainer.history[-1].update(test_loss=test_loss, test_acc=test_acc)
+        trainer.save(checkpoint)
+        (out / "metrics.json").write_text(json.dumps(trainer.history, indent=1))
+        print(f"test acc {test_acc:.4f}  (test loss {test_loss:.4f}; {len(splits.test)} images, once, after epoch "
+              f"{trainer.epoch})", flush=True)
     params = {**flatten(distill_config), **flatten(train_config), "student": args.student}
     save_model(out / STUDENT_FILE, student.cpu(), val_acc=trainer.history[-1]["val_acc"], epoch=trainer.epoch,
                params=params, **trainer.input_card)

@@ -343,3 +343,27 @@ def test_a_new_source_kind_is_one_class_and_one_registry_line(tmp_path, monkeypa
     assert splits.class_names == ("heads", "tails") and splits.cache_path.name.startswith("noise-noise-")
     with pytest.raises(DataSourceError, match="noise takes no path"):
         data.load_splits("noise:/x", 0.2, root=tmp_path)
+
+
+@pytest.mark.parametrize("raised, transient", [
+    (lambda: __import__("urllib.error").error.URLError("[Errno -3] Temporary failure in name resolution"), True),
+    (lambda: TimeoutError("timed out"), True),
+    (lambda: __import__("urllib.error").error.HTTPError("https://x", 503, "Service Unavailable", {}, None), True),
+    (lambda: __import__("urllib.error").error.HTTPError("https://x", 404, "Not Found", {}, None), False),
+    (lambda: RuntimeError("File not found or corrupted."), False),
+])
+def test_a_download_that_fails_just_now_is_retried_and_bad_data_is_bad_input(tmp_path, monkeypatch, raised,
+                                                                               transient):
+    """A transient failure is a TransientDataError (not a ValueError: the trial raises and Tune retries it; the
+    teacher's task is retried); anything else stays a DataSourceError, a one-line set-up failure."""
+    import torchvision.datasets
+
+    def failing(*args, **kwargs):
+        raise raised()
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", failing)
+    expected = data.TransientDataError if transient else DataSourceError
+    with pytest.raises(expected, match="'cifar10'") as caught:
+        sources.decode("cifar10", tmp_path)
+    assert isinstance(caught.value, ValueError) != transient
+    assert pickle.loads(pickle.dumps(caught.value)).args == caught.value.args  # crosses back from a Ray task

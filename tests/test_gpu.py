@@ -158,3 +158,31 @@ def test_two_epochs_on_the_real_cifar10_sample(shared_cifar10, capsys):
               f"{[round(h['images_per_s']) for h in history]} img/s, {student_s:.1f} s with compilation")
     assert teacher_history[-1]["val_acc"] > 0.3
     assert history[-1]["val_acc"] > 0.25 and history[-1]["loss_ce"] < history[0]["loss_ce"]
+
+
+def test_a_gpu_checkpoint_continues_on_a_cpu_node(tmp_path):
+    """A trial retried on a node without a GPU: the CUDA generator's state seeds a CPU generator (loop docs)."""
+    splits = make_splits(n_train=64, n_val=32, classes=4)
+    on_gpu = gompertz_trainer(splits, "off", epochs=2)
+    on_gpu.train_epoch()
+    on_gpu.save(tmp_path / "gpu.pt")
+    torch.manual_seed(0)
+    on_cpu = Trainer(build_distiller(DistillConfig(), build_model("resnet8", 4), build_model("resnet14", 4)), splits,
+                     TrainConfig(epochs=2, batch_size=32, compile="off"), torch.device("cpu"))
+    on_cpu.load(tmp_path / "gpu.pt")
+    [metrics] = on_cpu.run()
+    assert on_cpu.epoch == 2 and np.isfinite(metrics["loss_total"])
+
+
+def test_a_student_predicts_on_the_device_it_is_on(tmp_path):
+    from gkd_tune.core.models import load_student, save_model
+
+    splits = make_splits(n_train=64, n_val=32, classes=4)
+    trainer = gompertz_trainer(splits, "off", epochs=1)
+    trainer.run()
+    save_model(tmp_path / "student.pt", trainer.distiller.student.cpu(), val_acc=0.0, epoch=1, **trainer.input_card)
+    student = load_student(tmp_path / "student.pt")
+    on_cpu = student.predict(splits.val.images)
+    student.net.to(CUDA)
+    on_gpu = student.predict(splits.val.images)
+    assert on_gpu.device.type == "cpu" and (on_gpu == on_cpu).float().mean() > 0.9

@@ -11,8 +11,7 @@ from gkd_tune.core.models import build_model
 def gompertz_trainer(splits, lr_schedule="cosine"):
     torch.manual_seed(1)
     distiller = build_distiller(DistillConfig(), build_model("resnet8", 3), build_model("resnet8", 3))
-    return Trainer(distiller, splits, TrainConfig(epochs=3, batch_size=16, lr_schedule=lr_schedule,
-                                                  evaluate_test=True))
+    return Trainer(distiller, splits, TrainConfig(epochs=3, batch_size=16, lr_schedule=lr_schedule))
 
 
 @pytest.mark.parametrize("lr_schedule", ["cosine", "multistep"])
@@ -45,7 +44,7 @@ def test_callback_gets_every_epoch_with_all_metrics(tiny_splits):
     assert [m["epoch"] for m, _ in seen] == [1, 2, 3] and [e for _, e in seen] == [1, 2, 3]
     keys = set(seen[0][0])
     assert {"loss_total", "loss_ce", "loss_wasserstein", "loss_grad", "loss_kd", "beta", "lr", "train_acc",
-            "val_acc", "val_loss", "test_acc", "epoch_time_s", "images_per_s"} <= keys
+            "val_acc", "val_loss", "epoch_time_s", "images_per_s"} <= keys
     betas = [m["beta"] for m, _ in seen]
     assert betas == sorted(betas) and betas[0] < betas[-1]
     lrs = [m["lr"] for m, _ in seen]

@@ -83,3 +83,23 @@ def test_a_teacher_training_killed_midway_continues_from_its_last_epoch(tmp_path
     _, _, uninterrupted = obtain_teacher(splits, "resnet8", recipe, 0.1, directory=tmp_path / "node-c",
                                          log=lambda line: None)
     assert resumed["val_acc"] == pytest.approx(uninterrupted["val_acc"], abs=1e-9)
+
+
+def test_the_teacher_trains_with_the_compile_mode_it_is_given_and_the_same_cache_key(tiny_splits, tmp_path,
+                                                                                      monkeypatch):
+    seen = []
+
+    class Recording(teacher_module.Trainer):
+        def __init__(self, distiller, splits, config, *args, **kwargs):
+            seen.append(config.compile)
+            super().__init__(distiller, splits, config, *args, **kwargs)
+
+    monkeypatch.setattr(teacher_module, "Trainer", Recording)
+    recipe = TeacherRecipe(epochs=1, batch_size=16)
+    _, path, _ = obtain_teacher(tiny_splits, "resnet8", recipe, 0.1, directory=tmp_path, compile="off",
+                                log=lambda m: None)
+    assert seen == ["off"]
+    # how it ran is not what it is: the same recipe under another compile mode finds the cached teacher
+    _, again, _ = obtain_teacher(tiny_splits, "resnet8", recipe, 0.1, directory=tmp_path, compile="on",
+                                 log=lambda m: None)
+    assert again == path and seen == ["off"]

@@ -15,12 +15,14 @@ from gkd_tune.core.teacher import TeacherRecipe, obtain_teacher
 def test_cli_gompertz_run_on_digits_writes_checkpoint_and_metrics(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["--dataset", "digits", "--teacher", "resnet8", "--teacher-epochs", "2", "--student", "resnet8",
-            "--method", "gompertz", "--epochs", "3", "--batch-size", "64", "--out", str(out)]
+            "--method", "gompertz", "--epochs", "3", "--batch-size", "64", "--out", str(out), "--test"]
     assert train.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "epoch   3/3" in printed and "beta" in printed
+    assert "epoch   3/3" in printed and "beta" in printed and "test acc" in printed
     rows = json.loads((out / "metrics.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r.get("outcome") for r in rows] == [None, None, "completed"]
+    assert 0 <= rows[-1]["test_acc"] <= 1 and not any("test_acc" in r for r in rows[:-1])  # once, at the end
     betas = [r["beta"] for r in rows]
     assert betas[0] < betas[1] < betas[2]
     student, metadata = load_model(out / "student.pt", "resnet8", 10)

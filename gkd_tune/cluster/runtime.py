@@ -12,7 +12,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from ..core.data import DataSourceError
+from ..core.data import DataSourceError, TransientDataError
 from ..sweep.space import SweepSpec
 from ..sweep.storage import SweepStorage
 from ..sweep.trainable import LOGICAL_GPUS_ENV
@@ -42,11 +42,11 @@ def connect_to_ray(address: str | None, own_ray: bool = True) -> bool:
 
 def trial_task(function, spec: SweepSpec):
     """`function` as a Ray task with a trial's CPUs and whole GPUs (so that on a cluster it lands on a GPU worker,
-    never on the CPU-only head), retried twice if its node is lost."""
+    never on the CPU-only head), retried twice if its node is lost or its data could not be fetched just now."""
     import ray
 
     return ray.remote(function).options(num_cpus=spec.resources.cpu, num_gpus=math.ceil(spec.resources.gpu),
-                                        max_retries=2)
+                                        max_retries=2, retry_exceptions=[TransientDataError])
 
 
 def task_results(refs):

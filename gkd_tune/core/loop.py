@@ -51,7 +51,6 @@ class TrainConfig:
     milestones: tuple[float, ...] = (0.625, 0.75, 0.875)
     seed: int = setting(0, "seed of the student's weights, the batch order and the augmentation",
                         searchable=True)  # a space file's params: a seed grid repeats a baseline
-    evaluate_test: bool = False
     compile: str = setting("auto", f"torch.compile the step: off, on (inductor), cudagraphs (inductor + CUDA "
                            f"graphs); auto = {AUTO_COMPILE} on a GPU, off on a CPU", choices=COMPILE_MODES)
 
@@ -68,9 +67,17 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The step's autocast precision: bf16 on a CUDA device that has it (Ampere and later), fp16 on an older one
+    (training then scales its loss: Trainer.scaler), None (float32) elsewhere."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def autocast(device: torch.device):
-    """bf16 on CUDA; float32 elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    dtype = amp_dtype(device)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 @torch.no_grad()
@@ -122,12 +129,13 @@ class Trainer:
         self.train_loader = DeviceLoader(splits.train, config.batch_size, train=True, mean=stats[0], std=stats[1],
                                          device=self.device, seed=config.seed)
         self.val_loader = evaluation_loader(splits.val, stats, config.batch_size, self.device)
-        self.test_loader = (evaluation_loader(splits.test, stats, config.batch_size, self.device)
-                            if config.evaluate_test and splits.test is not None else None)
         self.optimizer = torch.optim.SGD(
             distiller.trainable_parameters(), lr=config.lr, momentum=config.momentum,
             weight_decay=config.weight_decay, nesterov=True, fused=cuda,  # fused: one kernel for the update
         )
+        # fp16 gradients underflow without loss scaling; bf16 and float32 ones do not (a disabled scaler passes
+        # everything through)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype(self.device) == torch.float16)
         total_steps = config.epochs * len(self.train_loader)
         if config.lr_schedule == "cosine":
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
@@ -171,8 +179,9 @@ class Trainer:
         with self._autocast():
             out = self.distiller.forward_train(images, labels, progress)
         self.optimizer.zero_grad(set_to_none=True)
-        out.total.backward()
-        self.optimizer.step()
+        self.scaler.scale(out.total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         return out
 
@@ -202,8 +211,6 @@ class Trainer:
             metrics["beta"] = beta_sum / steps
         metrics["train_acc"] = correct.item() / seen
         metrics["val_loss"], metrics["val_acc"] = self.evaluate(self.val_loader)
-        if self.test_loader is not None:
-            metrics["test_loss"], metrics["test_acc"] = self.evaluate(self.test_loader)
         metrics["epoch_time_s"] = elapsed
         metrics["images_per_s"] = seen / elapsed
         return metrics
@@ -224,6 +231,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "train_loader": self.train_loader.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "scaler": self.scaler.state_dict(),
             "history": self.history,
             "config": asdict(self.config),
         }
@@ -235,8 +243,12 @@ class Trainer:
         self.distiller.student.load_state_dict(state["student"])
         self.distiller.adapters.load_state_dict(state["adapters"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # a checkpoint from another kind of device: this device's kernel
+            group["fused"] = self.device.type == "cuda"
         self.scheduler.load_state_dict(state["scheduler"])
         self.train_loader.load_state_dict(state["train_loader"])
+        if state.get("scaler"):  # an fp16 run's loss scale (empty for bf16 and float32 runs)
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"].cpu())
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)

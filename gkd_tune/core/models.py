@@ -234,9 +234,11 @@ class Student:
 
     @torch.no_grad()
     def predict(self, images) -> torch.Tensor:
-        """Class indices of uint8 images: N x 3 x H x W (gkd_tune.data's layout) or N x H x W x 3 (PIL, numpy),
-        or one image without N; resized to the training size and normalised as in training."""
-        x = torch.as_tensor(images)
+        """Class indices (on the CPU) of uint8 images: N x 3 x H x W (gkd_tune.core.data's layout) or N x H x W x 3
+        (PIL, numpy), or one image without N; resized to the training size and normalised as in training, on the
+        device the net is on (`student.net.to("cuda")` classifies there)."""
+        device = next(self.net.parameters()).device
+        x = torch.as_tensor(images).to(device)
         x = x[None] if x.ndim == 3 else x
         if x.shape[1] != 3 and x.shape[-1] == 3:
             x = x.permute(0, 3, 1, 2)
@@ -244,9 +246,9 @@ class Student:
         size = self.metadata["image_size"]
         if tuple(x.shape[-2:]) != (size, size):
             x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        mean = torch.tensor(self.metadata["mean"]).view(1, -1, 1, 1)
-        std = torch.tensor(self.metadata["std"]).view(1, -1, 1, 1)
-        return self.net.eval()((x - mean) / std)[1].argmax(1)
+        mean = torch.tensor(self.metadata["mean"], device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.metadata["std"], device=device).view(1, -1, 1, 1)
+        return self.net.eval()((x - mean) / std)[1].argmax(1).cpu()
 
 
 def load_student(path: Path) -> Student:

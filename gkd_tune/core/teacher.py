@@ -35,9 +35,12 @@ class TeacherRecipe:
     def __post_init__(self):
         check(self)
 
-    def train_config(self) -> TrainConfig:
+    def train_config(self, compile: str = "auto") -> TrainConfig:
+        """The recipe as a training run; `compile` is how it runs (TrainConfig.compile), not part of the recipe:
+        it changes no cached teacher."""
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           weight_decay=self.weight_decay, lr_schedule=self.lr_schedule, seed=self.seed)
+                           weight_decay=self.weight_decay, lr_schedule=self.lr_schedule, seed=self.seed,
+                           compile=compile)
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,10 @@ class TeacherProgress:
 
 
 def obtain_teacher(splits: Splits, arch: str, recipe: TeacherRecipe, val_fraction: float, *,
-                   checkpoint: Path | None = None, directory: Path | None = None,
+                   checkpoint: Path | None = None, directory: Path | None = None, compile: str = "auto",
                    progress: TeacherProgress | None = None, log=print) -> tuple[SplitNet, Path, dict]:
-    """(teacher, its file, its metadata): loaded from `checkpoint`, else from the cache, else trained (continuing
-    from `progress` if it holds this teacher's state) and cached."""
+    """(teacher, its file, its metadata): loaded from `checkpoint`, else from the cache, else trained (with the
+    run's `compile` mode, continuing from `progress` if it holds this teacher's state) and cached."""
     if checkpoint is not None:
         net, metadata = load_model(checkpoint, arch, splits.num_classes)
         return net, Path(checkpoint), metadata
@@ -82,7 +85,7 @@ def obtain_teacher(splits: Splits, arch: str, recipe: TeacherRecipe, val_fractio
         cached = _load_cached(path, arch, splits.num_classes, log)
         if cached is not None:
             return cached[0], path, cached[1]
-        return _train_teacher(splits, arch, recipe, val_fraction, path, progress, log)
+        return _train_teacher(splits, arch, recipe, val_fraction, path, compile, progress, log)
 
 
 def _load_cached(path: Path, arch: str, num_classes: int, log) -> tuple[SplitNet, dict] | None:
@@ -99,12 +102,12 @@ def _load_cached(path: Path, arch: str, num_classes: int, log) -> tuple[SplitNet
     return net, metadata
 
 
-def _train_teacher(splits: Splits, arch: str, recipe: TeacherRecipe, val_fraction: float, path: Path,
+def _train_teacher(splits: Splits, arch: str, recipe: TeacherRecipe, val_fraction: float, path: Path, compile: str,
                    progress: TeacherProgress | None, log) -> tuple[SplitNet, Path, dict]:
     log(f"teacher {arch}: training {recipe.epochs} epochs on {splits.source} -> {path}")
     torch.manual_seed(recipe.seed)
     net = build_model(arch, splits.num_classes)
-    trainer = Trainer(StudentOnly(net), splits, recipe.train_config())
+    trainer = Trainer(StudentOnly(net), splits, recipe.train_config(compile))
     state_file = path.with_name(f"{path.stem}.progress.pt")
     if progress is not None and progress.restore(path.stem, state_file):
         try:

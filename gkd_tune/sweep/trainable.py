@@ -52,8 +52,8 @@ def provide_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
         return storage.exists(kept) and storage.get(kept, local) is not None
 
     progress = TeacherProgress(restore, lambda key, local: storage.put(local, f"{WORKER_SCRATCH_DIR}/{key}.pt"))
-    _, local_file, metadata = obtain_teacher(splits, spec.teacher.arch, spec.teacher.recipe,
-                                             spec.data.val_fraction, checkpoint=checkpoint, progress=progress)
+    _, local_file, metadata = obtain_teacher(splits, spec.teacher.arch, spec.teacher.recipe, spec.data.val_fraction,
+                                             checkpoint=checkpoint, compile=spec.training.compile, progress=progress)
     storage.put(local_file, PROVIDED_TEACHER)
     return metadata
 

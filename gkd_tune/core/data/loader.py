@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torch.nn.functional as F
 
@@ -78,7 +80,16 @@ class DeviceLoader:
             yield images * self.scale + self.shift, self.labels[index]
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "generator_device": self.device.type}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"].cpu())
+        """Continues the saved generator exactly on a device of the saved kind. A CUDA generator's state cannot
+        drive a CPU generator (or the reverse): a checkpoint taken on a GPU and resumed on a CPU node (or the
+        reverse) continues with a generator of this device seeded from the saved state, so that the remaining
+        batch orders and augmentations are reproducible from the checkpoint, though not those of an
+        uninterrupted run."""
+        saved = state["generator"].cpu()
+        if state.get("generator_device", self.device.type) == self.device.type:
+            self.generator.set_state(saved)
+        else:
+            self.generator.manual_seed(int.from_bytes(hashlib.sha256(saved.numpy().tobytes()).digest()[:8], "little"))

@@ -20,6 +20,19 @@ class StepOutput:
     beta: float | None = None
 
 
+# Every part compiled by Distiller.compile_step shares the code object nn.Module._call_impl, and dynamo keeps at
+# most 8 compiled versions of one code object: a process that builds several models (a teacher and its students,
+# the tests, the benchmark) would silently fall back to eager beyond that.
+RECOMPILE_LIMIT = 64
+
+
+def raise_recompile_limit(dynamo_config) -> None:
+    """At least RECOMPILE_LIMIT compiled versions per code object: `recompile_limit` from torch 2.7, its old name
+    `cache_size_limit` before."""
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, name, max(getattr(dynamo_config, name), RECOMPILE_LIMIT))
+
+
 class Distiller(nn.Module):
     """The student being trained, an optional frozen teacher, and the learnable parts of the losses (adapters).
 
@@ -55,10 +68,7 @@ class Distiller(nn.Module):
         eager runs. The small glue between them (CE, the beta-weighted sum) stays eager: beta changes every step
         and would otherwise be a compiled constant. A part compiled already is left as it is.
         """
-        # Every part compiled this way shares the code object nn.Module._call_impl, and dynamo keeps at most
-        # `recompile_limit` (8) compiled versions of one code object: a process that builds several models (a
-        # teacher and its students, the tests, the benchmark) would silently fall back to eager beyond it.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        raise_recompile_limit(torch._dynamo.config)
         for part in (self.student, self.teacher, *self.adapters.values()):
             if part is not None and getattr(part, "_compiled_call_impl", None) is None:
                 part.compile(mode=mode)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import IMAGE_SIZE, DataSourceError, DecodedSource, ImageArrays, SourceKind
+from .base import IMAGE_SIZE, DataSourceError, DecodedSource, ImageArrays, SourceKind, TransientDataError
 from .cifar import TorchvisionCifar
 from .digits import Digits
 from .imagefolder import ImageFolderTree
@@ -63,4 +63,4 @@ def decode(source: str, root: Path) -> DecodedSource:
 
 
 __all__ = ["IMAGE_SIZE", "SOURCES", "SOURCE_KINDS", "DataSourceError", "DecodedSource", "ImageArrays", "SourceKind",
-           "absolute_source", "decode", "fingerprint_parts", "parse_source"]
+           "TransientDataError", "absolute_source", "decode", "fingerprint_parts", "parse_source"]

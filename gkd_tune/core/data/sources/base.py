@@ -21,6 +21,33 @@ class DataSourceError(ValueError):
         return type(self), (self.source, self.problem)
 
 
+class TransientDataError(RuntimeError):
+    """A source that could not be fetched just now (a network error, a timeout): not bad input, so not a
+    DataSourceError. A trial or teacher task that meets it raises it and is retried (on another node, perhaps)."""
+
+    def __init__(self, source: str, problem: str):
+        super().__init__(f"data source {source!r}: {problem}")
+        self.source, self.problem = source, problem
+
+    def __reduce__(self):
+        return type(self), (self.source, self.problem)
+
+
+def is_transient(error: BaseException) -> bool:
+    """A network failure or timeout anywhere in the error's chain; an HTTP error only when the server says try
+    again (429, 5xx)."""
+    import http.client
+    import urllib.error
+
+    while error is not None:
+        if isinstance(error, urllib.error.HTTPError):
+            return error.code == 429 or error.code >= 500
+        if isinstance(error, (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 @dataclass(frozen=True)
 class ImageArrays:
     images: np.ndarray  # N x 3 x 32 x 32, uint8

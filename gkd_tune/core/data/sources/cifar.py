@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DataSourceError, DecodedSource, ImageArrays, SourceKind
+from .base import DataSourceError, DecodedSource, ImageArrays, SourceKind, TransientDataError, is_transient
 
 
 class TorchvisionCifar(SourceKind):
@@ -24,6 +24,9 @@ class TorchvisionCifar(SourceKind):
             # download=True only fetches when the files under root are missing or fail their checksum
             parts = [dataset_class(str(root / "torchvision"), train=train, download=True) for train in (True, False)]
         except Exception as error:
+            if is_transient(error):
+                raise TransientDataError(source, f"could not download {self.usage} just now ({type(error).__name__}: "
+                                                 f"{error}); retried as the trial's or the teacher's failure") from None
             raise DataSourceError(
                 source, f"could not download or read {self.usage} under {root / 'torchvision'} "
                         f"({type(error).__name__}: {error}). Offline? Put the torchvision archive there, or use "
