@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from .core.errors import exit_with_one_line
 
@@ -35,6 +36,20 @@ def shared_options(*, without_address: str | None = OWN_RAY, sweep: bool = True)
                             f"{without_address})")
     parent.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     return parent
+
+
+def check_output_folder(folder: Path, what: str) -> Path:
+    """`folder` as a command will write it, checked before anything opens (Ray, MLflow, a teacher): a folder, or
+    one that can be made. ValueError naming `what` (the flag, or the default it stands for) otherwise."""
+    import os
+
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what} {folder}: is a file, not a folder")
+    existing = next(parent for parent in (folder, *folder.absolute().parents) if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {folder}: cannot be written ({existing} is not a writable folder)")
+    return folder
 
 
 def run_command(body: Callable[[], int], debug: bool, interrupted: Callable[[], str] = lambda: "interrupted") -> int:

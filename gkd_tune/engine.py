@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field
 
 from .cli import EXIT_INTERRUPTED
-from .cluster.preflight import check_shared_with_cluster, check_storage, wait_for_cluster_resources
-from .cluster.runtime import acquire_sweep_lock, connect_to_ray, task_results, trial_task
+from .cluster.preflight import check_shared_with_cluster, check_storage, read_storage, wait_for_cluster_resources
+from .cluster.runtime import acquire_sweep_lock, connect_to_ray, end_leftovers, task_results, trial_task
 from .core.files import TEACHER_FILE
 from .sweep.resume import check_resume, record
 from .sweep.space import SweepSpec
@@ -73,10 +73,16 @@ def run(trials: Trials) -> int:
 
     spec = trials.spec
     storage = SweepStorage.for_sweep(spec.storage_path, spec.name)
-    if trials.resume and not tune.Tuner.can_restore(storage.tune_path, storage_filesystem=storage.tune_filesystem):
+    # a storage that does not answer ends the command within seconds, here (read before written: a --resume of
+    # nothing writes nothing)
+    if trials.resume and not read_storage(storage, lambda: tune.Tuner.can_restore(
+            storage.tune_path, storage_filesystem=storage.tune_filesystem)):
         raise ValueError(f"--resume: no {trials.kind} to continue at {storage.location}")
     check_storage(storage)
     lock = acquire_sweep_lock(storage, f"a {trials.kind} named {spec.name!r}")
+    left = end_leftovers(storage)
+    if left:
+        print(f"ended {len(left)} process(es) that a killed driver of this {trials.kind} had left running", flush=True)
     try:
         if not trials.resume and storage.has_experiment():
             raise ValueError(f"a {trials.kind} named {spec.name!r} already exists at {storage.location}: continue it "
@@ -84,7 +90,7 @@ def run(trials: Trials) -> int:
         if trials.resume and check_resume(storage, trials.record_name, trials.configuration, spec.file,
                                           trials.accept_changes, trials.safe_changes):
             record(storage, trials.record_name, trials.configuration)  # what it continues with, accepted
-        joined = connect_to_ray(trials.address)
+        joined = connect_to_ray(trials.address, storage=storage)
         try:
             if joined:  # a Ray started here is this one machine
                 check_shared_with_cluster(spec)

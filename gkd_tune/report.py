@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .cli import run_command, shared_options
+from .cli import check_output_folder, run_command, shared_options
 from .core.files import SPACE_FILE
 
 
@@ -27,22 +27,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def report() -> int:
+        from .cluster.preflight import check_tracking, read_storage
         from .sweep.report import load_trials, write_report
         from .sweep.space import load_space
         from .sweep.storage import SweepStorage
         from .sweep.tracking import SweepTracker
 
         spec = load_space(args.space).with_overrides(storage_path=args.storage_path, tracking_uri=args.tracking_uri)
+        out = check_output_folder(args.out or Path("reports") / spec.name, "--out" if args.out else "the report folder")
         storage = SweepStorage.for_sweep(spec.storage_path, spec.name)
-        if not storage.has_experiment():
+        if not read_storage(storage, storage.has_experiment):
             raise ValueError(f"no sweep at {storage.location}: give the space file it ran (and its --storage-path)")
-        if storage.exists(SPACE_FILE):  # the space the sweep ran with, whatever the file given says now
-            with tempfile.TemporaryDirectory() as directory:
-                ran = load_space(storage.get(SPACE_FILE, Path(directory) / SPACE_FILE))
-            spec = ran.with_overrides(storage_path=spec.storage_path, tracking_uri=spec.tracking.uri)
+        with tempfile.TemporaryDirectory() as directory:  # the space the sweep ran with, whatever the file says now
+            ran = read_storage(storage, lambda: storage.exists(SPACE_FILE) and storage.get(SPACE_FILE,
+                                                                                           Path(directory) / SPACE_FILE))
+            if ran:
+                spec = load_space(ran).with_overrides(storage_path=spec.storage_path, tracking_uri=spec.tracking.uri)
+        check_tracking(spec.tracking.uri)
         tracker = SweepTracker(spec, storage.location, reopen=False)
         trials = load_trials(spec, tracker, storage.location)
-        out = args.out or Path("reports") / spec.name
         summary = write_report(trials, spec, tracker, out)
         print(summary + f"\nwritten: {out}/ trials.parquet, summary.md, curves.png, betas.png, params.png; logged "
                         f"to the sweep's MLflow run")

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import engine
-from .cli import run_command, shared_options
+from .cli import check_output_folder, run_command, shared_options
 from .core.files import REPRODUCTION_FILE
 from .core.models import MODELS
 from .engine import Trials, TuneSettings, evaluate_once
@@ -127,8 +128,8 @@ def load_config(path: Path | str, epochs: int | None = None, seeds: int | None =
         training["max_epochs"] = epochs
     specs = {}
     for i, pair in enumerate(pairs):
-        for method, values in methods.items():
-            values = {**(raw.get("params") or {}), **(values or {})}  # shared params, then the method's own
+        for method, own in methods.items():
+            values = {**(raw.get("params") or {}), **(own or {})}  # shared params, then the method's own
             if "from_sweep" in values:
                 values = {**best_of_sweep(values.pop("from_sweep"), path, f"methods.{method}.from_sweep"), **values}
             space = {key: raw[key] for key in SHARED_KEYS if key in raw}
@@ -137,8 +138,11 @@ def load_config(path: Path | str, epochs: int | None = None, seeds: int | None =
             try:
                 specs[f"{i}:{method}"] = parse_space(space, path).with_overrides(storage_path=storage_path,
                                                                                   tracking_uri=tracking_uri)
-            except SpaceError as error:  # name the configuration's own field
-                message = str(error).replace(f"{path}: params.", f"{path}: methods.{method}.", 1)
+            except SpaceError as error:  # name the configuration's own field: a method's, or the shared params'
+                key = re.match(rf"{re.escape(str(path))}: params\.(\w+)", str(error))
+                message = str(error)
+                if key and key[1] in (own or {}):
+                    message = message.replace(f"{path}: params.", f"{path}: methods.{method}.", 1)
                 raise ValueError(message) from None
     spec = next(iter(specs.values()))
     return Reproduction(spec.name, str(path), str(raw.get("dataset", spec.data.source)), tuple(pairs),
@@ -279,7 +283,7 @@ def present(args, reproduction: Reproduction, results, tracker, teachers: list) 
     teacher_test = dict(zip([spec.teacher.arch for spec, _ in teachers],
                             ray.get([task.remote(spec, folder) for spec, folder in teachers])))
 
-    out = Path(args.out or Path("reproductions") / reproduction.name)
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     rows = epoch_rows(trials, reproduction)
     write_parquet(rows, out / "runs.parquet")
@@ -454,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def reproduce() -> int:
         reproduction = load_config(args.config, args.epochs, args.seeds, args.storage_path, args.tracking_uri)
+        args.out = check_output_folder(args.out or Path("reproductions") / reproduction.name,
+                                       "--out" if args.out else "the reproduction's folder")
         print(f"reproduction {reproduction.name} ({reproduction.file}): {len(reproduction.pairs)} pair(s) x "
               f"{len(reproduction.methods)} method(s) x {reproduction.seeds} seed(s) = {len(reproduction.cells())} "
               f"trials of {reproduction.epochs} epochs on {reproduction.any_spec.data.source}", flush=True)

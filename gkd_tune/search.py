@@ -17,7 +17,7 @@ import textwrap
 from pathlib import Path
 
 from . import engine
-from .cli import run_command, shared_options
+from .cli import check_output_folder, run_command, shared_options
 from .cluster.preflight import check_before_ray
 from .core.files import SPACE_FILE
 from .core.params import declared_values
@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
         check_before_ray(spec, args.address)
+        check_output_folder(Path("reports") / spec.name, "the report folder")  # written at the end
         return 0 if args.dry_run else engine.run(SweepTrials(spec, args))
 
     # Ctrl-C reaches here only before the trials start: Tune handles it once they run

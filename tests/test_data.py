@@ -318,8 +318,11 @@ def test_empty_string_labelled_and_single_class_parquet_are_named(tmp_path):
     with pytest.raises(DataSourceError, match=r"labels \('label'\) must be integers, got string"):
         data.load_source(f"parquet:{tmp_path / 'strings.parquet'}")
     write_parquet(tmp_path / "one.parquet", random_images(2), [0, 0])
-    with pytest.raises(DataSourceError, match="needs at least 2 classes"):
+    with pytest.raises(DataSourceError, match="needs at least 2 distinct labels in its training split, found only 0"):
         data.load_source(f"parquet:{tmp_path / 'one.parquet'}")
+    write_parquet(tmp_path / "three.parquet", random_images(3), [3, 3, 3])  # once a 4-class net at val acc 1.0
+    with pytest.raises(DataSourceError, match="needs at least 2 distinct labels in its training split, found only 3"):
+        data.load_source(f"parquet:{tmp_path / 'three.parquet'}")
 
 
 def test_a_new_source_kind_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
@@ -367,3 +370,71 @@ def test_a_download_that_fails_just_now_is_retried_and_bad_data_is_bad_input(tmp
         sources.decode("cifar10", tmp_path)
     assert isinstance(caught.value, ValueError) != transient
     assert pickle.loads(pickle.dumps(caught.value)).args == caught.value.args  # crosses back from a Ray task
+
+
+def test_a_source_path_may_start_with_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_parquet(tmp_path / "mine.parquet", random_images(6), [0, 1, 0, 1, 0, 1])
+    assert data.parse_source("parquet:~/mine.parquet") == ("parquet", str(tmp_path / "mine.parquet"))
+    assert len(data.load_source("parquet:~/mine.parquet", root=tmp_path / "cache")[0].train) == 6
+
+
+def test_a_cache_write_that_fails_leaves_no_partial_file_and_an_unreadable_cache_is_not_damaged(tmp_path,
+                                                                                                monkeypatch):
+    import errno
+
+    from gkd_tune.core.data import cache
+
+    path = tmp_path / "c.parquet"
+    write_parquet(path, random_images(6), [0, 1, 0, 1, 0, 1])
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cache.np, "savez", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            data.load_source(f"parquet:{path}", root=tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.partial"))
+    _, cached = data.load_source(f"parquet:{path}", root=tmp_path / "cache")
+
+    def no_permission(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(cached))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cache.np, "load", no_permission)
+        with pytest.raises(PermissionError):
+            data.load_source(f"parquet:{path}", root=tmp_path / "cache")
+    assert cached.exists()  # a good file that could not be read just now is kept
+
+
+def test_a_source_is_checked_in_seconds_before_anything_starts(tmp_path):
+    """data.check_source, which search (--dry-run too) and reproduce run before Ray: what load_splits would find."""
+    import time
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    write_parquet(folder / "train-00000.parquet", random_images(40), [0, 1] * 20)
+    write_parquet(folder / "test-00000.parquet", random_images(10), [0, 1] * 5)
+    write_parquet(folder / "validation-00000.parquet", random_images(10), [0, 1] * 5)
+    started = time.monotonic()
+    [warning] = data.check_source(f"parquet:{folder}", 0.1)
+    assert time.monotonic() - started < 10
+    assert "validation-00000.parquet is not used" in warning
+    with pytest.raises(DataSourceError, match="no such file or directory"):
+        data.check_source(f"parquet:{tmp_path / 'missing.parquet'}", 0.1)
+    with pytest.raises(DataSourceError, match="cannot build a stratified 0% validation split"):
+        data.check_source(f"parquet:{folder}", 0.001)  # 40 images: not one of each class
+    write_parquet(tmp_path / "one.parquet", random_images(4), [2, 2, 2, 2])
+    with pytest.raises(DataSourceError, match="needs at least 2 distinct labels"):
+        data.check_source(f"parquet:{tmp_path / 'one.parquet'}", 0.5)
+    write_parquet(folder / "train-test-mix.parquet", random_images(4), [0, 1, 0, 1])
+    with pytest.raises(DataSourceError, match="train-test-mix.parquet: 'train' and 'test' both in the name"):
+        data.check_source(f"parquet:{folder}", 0.1)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    pq.write_table(pa.table({"img": pa.array([{"bytes": b"not an image", "path": "x.png"}] * 4),
+                             "label": pa.array([0, 1, 0, 1])}), broken / "train.parquet")
+    with pytest.raises(DataSourceError, match="cannot decode image 0"):
+        data.check_source(f"parquet:{broken}", 0.5)
+    assert data.check_source("digits", 0.1) == []  # decoded when it is used: nothing to read before

@@ -56,3 +56,25 @@ def test_a_saved_student_classifies_raw_images_alone(tiny_splits, tmp_path):
     save_model(tmp_path / "bare.pt", build_model("resnet8", 3))
     with pytest.raises(ValueError, match="has no mean, std, image_size, class_names"):
         load_student(tmp_path / "bare.pt")
+
+
+class Planted:
+    """An object a gkd-tune file never holds: its pickle names this class, which weights_only refuses."""
+
+
+def test_a_file_with_other_python_objects_is_refused_as_not_a_gkd_tune_file(tmp_path, tiny_splits):
+    """A planted pickle (in a sweep's storage, say) is never loaded with weights_only=False, and the message does not
+    advise it."""
+    import torch
+
+    from gkd_tune.core.distillers import DistillConfig, build_distiller
+    from gkd_tune.core.loop import Trainer, TrainConfig
+    from gkd_tune.core.models import build_model, load_model
+
+    torch.save({"arch": "resnet8", "num_classes": 3, "payload": Planted()}, tmp_path / "planted.pt")
+    for load in (lambda: load_model(tmp_path / "planted.pt"),
+                 lambda: Trainer(build_distiller(DistillConfig(method="student"), build_model("resnet8", 3), None),
+                                 tiny_splits, TrainConfig(epochs=1, batch_size=16)).load(tmp_path / "planted.pt")):
+        with pytest.raises(ValueError, match="planted.pt is not a gkd-tune checkpoint or model file") as refused:
+            load()
+        assert "weights_only=False" not in str(refused.value) and "\n" not in str(refused.value)

@@ -130,3 +130,111 @@ def test_a_cluster_that_spans_nodes_refuses_this_nodes_disk_and_a_tracking_file_
     preflight.check_shared_with_cluster(shared, MOUNTS)
     monkeypatch.setattr(preflight, "cluster_spans_nodes", lambda: False)  # one machine: its own disk is fine
     preflight.check_shared_with_cluster(local, MOUNTS)
+
+
+def test_a_storage_or_tracking_probe_that_does_not_answer_ends_in_one_line(tmp_path, monkeypatch):
+    """pyarrow's GCS client retries for many minutes without a network; every probe has a deadline instead."""
+    import time
+
+    from types import SimpleNamespace
+
+    from gkd_tune.cluster import preflight
+
+    monkeypatch.setattr(preflight, "PROBE_TIMEOUT_S", 0.5)
+
+    def hangs(*args, **kwargs):
+        time.sleep(30)
+
+    storage = SimpleNamespace(location="gs://no-network/runs/s", _resolve=hangs, has_experiment=hangs)
+    for probe in (lambda: preflight.check_storage(storage), lambda: preflight.read_storage(storage, storage.has_experiment)):
+        started = time.monotonic()
+        with pytest.raises(ValueError, match=rf"storage_path {storage.location}: no answer within 0.5 s"):
+            probe()
+        assert time.monotonic() - started < 2
+
+    def refuses():
+        raise OSError("When resolving region for bucket 'b': AWS Error NETWORK_CONNECTION\nmore")
+
+    with pytest.raises(ValueError, match=r"storage_path: cannot read .*: OSError: When resolving region .*CONNECTION$"):
+        preflight.read_storage(storage, refuses)
+
+
+def test_a_sqlite_store_on_a_full_disk_is_found_before_anything_starts(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from gkd_tune.cluster import preflight
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage(1 << 30, (1 << 30) - (5 << 20), 5 << 20))
+    with pytest.raises(ValueError, match=rf"tracking.uri: sqlite:///{tmp_path}/m.db: 5 MB free on the disk of "
+                                         rf"{tmp_path}, a sweep's store needs at least 64 MB"):
+        preflight.check_tracking(f"sqlite:///{tmp_path}/m.db")
+
+
+def marked(key: str) -> list[int]:
+    """The processes whose environment holds the own-Ray mark of a sweep key."""
+    from pathlib import Path
+
+    from gkd_tune.cluster.runtime import OWN_RAY_MARK
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"{OWN_RAY_MARK}={key}:".encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.slow
+def test_the_processes_a_killed_driver_left_are_ended_by_the_next_and_only_those(tmp_path):
+    """kill -9 to a sweep driver's process group while its teacher trains: Ray's workers have process groups of
+    their own and outlive it (Ray 2.60's for a few seconds, until they notice their raylet is gone; a busy GPU
+    kernel longer). The sweep's next driver ends them at once (engine.run calls end_leftovers holding the sweep's
+    lock); another sweep's, or a live driver's, are left alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from gkd_tune.cluster.runtime import OWN_RAY_MARK, end_leftovers, sweep_key
+    from gkd_tune.sweep.storage import SweepStorage
+
+    space = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
+    storage = SweepStorage.for_sweep(str(tmp_path / "runs"), "quickstart")
+    key = sweep_key(storage)
+    driver = subprocess.Popen([sys.executable, "-m", "gkd_tune.search", "--space", str(space), "--storage-path",
+                               str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    others = [subprocess.Popen(["sleep", "120"], env=dict(os.environ, **{OWN_RAY_MARK: mark}))
+              for mark in (f"{'0' * 16}:{driver.pid}",  # another sweep's, its driver about to go too
+                           f"{key}:{os.getpid()}")]  # this sweep's, its driver alive (here)
+
+    def workers(task: bytes = b"ray::") -> list[int]:  # this sweep's Ray workers (`task`: running it)
+        found = []
+        for pid in marked(key):
+            try:
+                if pid != others[1].pid and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(task):
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    deadline = time.time() + 120
+    while time.time() < deadline and not workers(b"ray::provide_teacher"):
+        time.sleep(0.5)
+    assert workers(b"ray::provide_teacher"), "the driver's Ray never ran the teacher's task"
+    time.sleep(2)  # training
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    left = workers()
+    ended = end_leftovers(storage)
+    assert left and set(left) <= set(ended), (left, ended)  # the workers outlived their driver, and were ended
+    time.sleep(0.5)
+    assert marked(key) == [others[1].pid]
+    assert all(other.poll() is None for other in others)
+    for other in others:
+        other.kill()

@@ -29,12 +29,14 @@ def test_the_shipped_configurations_load_with_the_papers_numbers():
     ({"pairs": [{"teacher": "resnet500", "student": "resnet8"}]}, r"pairs\[0\].teacher: must be one of resnet34,"),
     ({"pairs": []}, r"pairs: must be a list"),
     ({"methods": {"fitnet": {}}}, r"methods.fitnet: unknown method; allowed: student, kd, gompertz"),
-    ({"methods": {"kd": {"tau": -1}}}, r"methods.kd.tau: must be > 0, got -1"),
+    ({"methods": {"kd": {"tau": -1}}}, r"methods.kd.tau: must be \(0, 100\], got -1"),
     ({"pairs": [{"teacher": "resnet8", "student": "resnet8", "paper": {"kd": 91.45}}]},
      r"pairs\[0\].paper.kd: must be an accuracy in \[0, 1\], got 91.45"),
     ({"seeds": 0}, r"seeds: must be a whole number in \[1, 100\], got 0"),
     ({"epoch": 3}, r"epoch: unknown key; allowed: name, data,"),
     ({"methods": {"gompertz": {"from_sweep": "no-such-sweep"}}}, r"methods.gompertz.from_sweep: no finished sweep at"),
+    ({"params": {"lr": float("nan")}}, r"params.lr: must be a finite number, got nan"),  # shared: its own
+    ({"params": {"seed": -1}}, r"params.seed: must be \[0, 4294967295\], got -1"),
 ])
 def test_a_bad_configuration_is_one_line_naming_the_field(tmp_path, monkeypatch, capsys, change, message):
     monkeypatch.chdir(tmp_path)

@@ -47,9 +47,9 @@ def test_progress_is_clamped_to_the_unit_interval():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(beta_min=1.0, beta_max=1.0), "beta_min must be below beta_max"),
     (dict(beta_min=0.9, beta_max=0.1), "beta_min must be below beta_max"),
-    (dict(beta_min=-0.1, beta_max=1.0), "beta_min must be >= 0, got -0.1"),
+    (dict(beta_min=-0.1, beta_max=1.0), r"beta_min must be \[0, 100\], got -0.1"),
     (dict(kind="step"), "schedule must be one of gompertz, gompertz_decay, constant, linear, cosine, got 'step'"),
-    (dict(c=0.0), "c must be > 0, got 0.0"),
+    (dict(c=0.0), r"c must be \(0, 500\], got 0.0"),
 ])
 def test_invalid_schedules(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -398,8 +398,10 @@ def test_a_resume_command_is_the_whole_command():
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--num-samples", "0"], "search.num_samples must be >= 1, got 0|num_samples must be >= 1, got 0"),
-    (["--num-samples", "-1"], "num_samples must be >= 1, got -1"),
+    (["--num-samples", "0"], r"num_samples must be \[1, 1000000\], got 0"),
+    (["--num-samples", "-1"], r"num_samples must be \[1, 1000000\], got -1"),
+    (["--num-samples", str(10**20)], r"num_samples must be \[1, 1000000\], got 100000000000000000000"),
+    (["--seed", "-1"], r"seed must be \[0, 4294967295\], got -1"),
     (["--tracking-uri", "sqlite:////nonexistent/dir/x.db"], "tracking.uri: sqlite:////nonexistent/dir/x.db: the folder"),
     (["--tracking-uri", "bogus://x"], "tracking.uri: bogus://x cannot be used"),
     (["--space", "/nonexistent.yaml"], "/nonexistent.yaml: file: does not exist"),

@@ -76,8 +76,8 @@ def bad(change):
     ({"training.max_epoch": 3}, r"training.max_epoch: unknown key \(did you mean 'max_epochs'\?\)"),
     ({"student": "resnet9"}, r"student: must be one of resnet34, .*, got 'resnet9'"),
     ({"teacher.arch": 3}, r"teacher.arch: must be a string, got 3"),
-    ({"training.max_epochs": 0}, r"training.max_epochs: must be >= 1"),
-    ({"data.val_fraction": 1.5}, r"data.val_fraction: must be <= 0.9"),
+    ({"training.max_epochs": 0}, r"training.max_epochs: must be \[1, 1000000\], got 0"),
+    ({"data.val_fraction": 1.5}, r"data.val_fraction: must be \(0, 0.9\], got 1.5"),
     ({"params.b": {"normal": [0, 1]}}, r"params.b.normal: unknown key.*; allowed: uniform, loguniform, int, choice"),
     ({"params.b": {"uniform": [5, 1]}}, r"params.b.uniform: low must be below high"),
     ({"params.b": {"uniform": [1]}}, r"params.b.uniform: must be \[low, high\]"),
@@ -93,26 +93,46 @@ def bad(change):
     ({"training.compile": "fast"}, r"training.compile: must be one of auto, off, on, cudagraphs, got 'fast'"),
     ({"search.metric": "accuracy"}, r"search.metric: must be one of val_acc, val_loss"),
     ({"search.grace_period": 50}, r"search.grace_period: must be <= training.max_epochs"),
-    ({"search.reduction_factor": 1}, r"search.reduction_factor: must be >= 2"),
-    ({"resources.gpu": -1}, r"resources.gpu: must be >= 0"),
+    ({"search.reduction_factor": 1}, r"search.reduction_factor: must be \[2, 100\], got 1"),
+    ({"resources.gpu": -1}, r"resources.gpu: must be \[0, 64\], got -1"),
     ({"teacher.checkpoint": "/no/such/teacher.pt"}, r"teacher.checkpoint: file /no/such/teacher.pt does not exist"),
     ({"params.seed": {"grid": [0, 1]}}, r"params.seed: a grid cannot be mixed with searched values \(b, tau\)"),
     ({"params.method": {"grid": ["kd", "fitnet"]}}, r"params.method.grid\[1\]: must be one of student, kd, gompertz"),
     ({"params.inflection": {"uniform": [0.2, 0.5]}, "params.c": 3.0}, r"params.inflection: give c or inflection"),
     ({"params.inflection": {"uniform": [0.2, 1.5]}}, r"params.inflection: values must be \(0, 1\]"),
-    ({"params.inflection": 0.5, "params.b": {"uniform": [-1, 1]}}, r"params.b: must be > 0 with inflection"),
+    ({"params.inflection": 0.5, "params.b": {"uniform": [-1, 1]}}, r"params.b: values must be \(0, 50\], got range \[-1.0, 1.0\]"),
     ({"search.full_budget_trials": 2}, r"search.full_budget_trials: must be 0 or at least 3"),
     ({"search.full_budget_trials": 9}, r"search.full_budget_trials: must be <= search.num_samples \(8\)"),
-    ({"search.startup_trials": 0}, r"search.startup_trials: must be >= 1"),
+    ({"search.startup_trials": 0}, r"search.startup_trials: must be \[1, 1000000\], got 0"),
     ({"params.b": float("nan")}, r"params.b: must be a finite number, got nan"),
     ({"params.b": {"uniform": [1, float("inf")]}}, r"params.b.uniform: must be a finite number, got inf"),
     ({"teacher.lr": float("nan")}, r"teacher.lr: must be a finite number"),
-    ({"params.weight_decay": -0.1}, r"params.weight_decay: must be >= 0, got -0.1"),
+    ({"params.weight_decay": -0.1}, r"params.weight_decay: must be \[0, 1\], got -0.1"),
     ({"name": "my sweep"}, r"name: must be 1-64 letters, digits, '.', '_' or '-'.*got 'my sweep'"),
     ({"name": "it's"}, r"name: must be 1-64 letters"),
     ({"name": "../up"}, r"name: must be 1-64 letters"),
     ({"name": "trial-1"}, r"name: must not start with 'trial-' nor be 'teacher-progress': worker nodes may write"),
     ({"name": "teacher-progress"}, r"name: must not start with 'trial-' nor be 'teacher-progress'"),
+    # bounds from the schema: huge and negative numbers (the hostile pass's 45 that passed)
+    ({"training.max_epochs": 10**20}, r"training.max_epochs: must be \[1, 1000000\], got 100000000000000000000"),
+    ({"training.batch_size": 10**20}, r"training.batch_size: must be \[1, 1000000\]"),
+    ({"params.seed": -1}, r"params.seed: must be \[0, 4294967295\], got -1"),
+    ({"params.seed": 10**20}, r"params.seed: must be \[0, 4294967295\]"),
+    ({"teacher.seed": -1}, r"teacher.seed: must be \[0, 4294967295\], got -1"),
+    ({"search.seed": 2**32}, r"search.seed: must be \[0, 4294967295\], got 4294967296"),
+    ({"params.b": -1}, r"params.b: must be \(0, 50\], got -1"),
+    ({"params.b": {"uniform": [-1.0, 5.0]}}, r"params.b: values must be \(0, 50\], got range \[-1.0, 5.0\]"),
+    ({"params.lr": 1e300}, r"params.lr: must be \(0, 10\], got 1e\+300"),
+    ({"params.tau": 1e300}, r"params.tau: must be \(0, 100\]"),
+    ({"params.w_kd": 1e300}, r"params.w_kd: must be \[0, 100\]"),
+    ({"params.c": {"uniform": [1.0, 1e300]}}, r"params.c: values must be \(0, 500\]"),
+    ({"teacher.lr": 1e300}, r"teacher.lr: must be \(0, 10\]"),
+    ({"search.num_samples": 10**20}, r"search.num_samples: must be \[1, 1000000\]"),
+    ({"search.startup_trials": 10**20}, r"search.startup_trials: must be \[1, 1000000\]"),
+    ({"search.test_top_k": 10**20}, r"search.test_top_k: must be \[0, 1000000\]"),
+    ({"search.max_failures": 10**20}, r"search.max_failures: must be \[0, 1000000\]"),
+    ({"search.reduction_factor": 10**20}, r"search.reduction_factor: must be \[2, 100\]"),
+    ({"resources.cpu": 1e9}, r"resources.cpu: must be \(0, 1024\]"),
 ])
 def test_each_error_names_file_field_and_what_is_allowed(change, message):
     with pytest.raises(SpaceError, match=message):
@@ -146,7 +166,7 @@ def test_unreadable_files_are_one_line_errors(tmp_path, content, message):
 
 
 def test_command_line_overrides_are_checked_like_the_file():
-    with pytest.raises(ValueError, match="num_samples must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"num_samples must be \[1, 1000000\], got 0"):
         parse_space(MINIMAL, "x.yaml").with_overrides(num_samples=0)
 
 

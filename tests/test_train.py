@@ -41,6 +41,15 @@ def test_cli_gompertz_run_on_digits_writes_checkpoint_and_metrics(tmp_path, caps
     (["--student", "resnet8", "--method", "gompertz", "--teacher", "resnet8", "--beta-min", "2"],
      "error: beta_min must be below beta_max"),
     (["--student", "resnet8", "--method", "student", "--resume"], "error: --resume: no checkpoint"),
+    (["--student", "resnet8", "--method", "student", "--seed", "-1"], "error: seed must be [0, 4294967295], got -1"),
+    (["--student", "resnet8", "--method", "student", "--batch-size", str(10**20)],
+     "error: batch_size must be [1, 1000000], got 100000000000000000000"),
+    (["--student", "resnet8", "--method", "kd", "--teacher", "resnet8", "--teacher-seed", "-5"],
+     "error: seed must be [0, 4294967295], got -5"),
+    (["--student", "resnet8", "--method", "gompertz", "--teacher", "resnet8", "--b", "-1"],
+     "error: b must be (0, 50], got -1.0"),
+    (["--source", "digits", "--student", "resnet8", "--method", "student", "--test", "--lr", "1e300"],
+     "error: lr must be (0, 10], got 1e+300"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
     assert train.main(argv + ["--epochs", "1", "--out", str(tmp_path / "x")]) == 2

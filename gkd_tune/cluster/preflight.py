@@ -17,17 +17,24 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
+import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 
+from ..core.data import check_source
+from ..core.errors import error_line
 from ..sweep.space import SweepSpec
 from ..sweep.storage import SweepStorage, is_uri
 
 # A tracking server or Ray cluster that does not answer within this many seconds is reported, not retried for
 # minutes.
 PROBE_TIMEOUT_S = 10
+# A sqlite tracking store's disk: a sweep's runs, metrics and plots, with room to spare.
+MIN_SQLITE_FREE_BYTES = 64 << 20
 
 
 def check_local_resources(spec: SweepSpec, cpus: int | None = None, gpus: int | None = None) -> None:
@@ -62,18 +69,58 @@ def check_ray_address(address: str, field: str) -> None:
                          f"this machine") from None
 
 
+def within_deadline(probe, what: str, seconds: float | None = None):
+    """probe()'s result, or a ValueError naming `what` when it has not answered within `seconds` (default
+    PROBE_TIMEOUT_S): a storage or tracking probe that retries without a network (pyarrow's GCS client does, for
+    many minutes) must not hang a command. The probe goes on in a daemon thread, which the command's exit abandons."""
+    seconds = PROBE_TIMEOUT_S if seconds is None else seconds
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = probe()
+        except BaseException as error:  # noqa: BLE001 (raised again in the caller's thread)
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True, name=f"gkd-tune probe: {what}")
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise ValueError(f"{what}: no answer within {seconds:g} s (check the address, the credentials and the "
+                         f"network)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 def check_storage(storage: SweepStorage) -> None:
-    """Write and delete a probe file in the storage path (creating the folder, as Ray Tune would)."""
+    """Write and delete a probe file in the storage path (creating the folder, as Ray Tune would), within
+    PROBE_TIMEOUT_S."""
     probe = f".gkd-tune-probe-{uuid.uuid4().hex[:8]}"
-    try:
+
+    def write_and_delete():
         filesystem, path = storage._resolve(probe)
         filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with filesystem.open_output_stream(path) as stream:
             stream.write(b"probe")
         filesystem.delete_file(path)
+
+    try:
+        within_deadline(write_and_delete, f"storage_path {storage.location}")
+    except ValueError:
+        raise
     except Exception as error:  # pyarrow raises OSError, ArrowInvalid, PermissionError ... by filesystem
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"storage_path: cannot write to {storage.location}: {message}") from None
+        raise ValueError(f"storage_path: cannot write to {storage.location}: {error_line(error)}") from None
+
+
+def read_storage(storage: SweepStorage, read):
+    """read(), a command's first read of a sweep's storage (report), within PROBE_TIMEOUT_S and as one line."""
+    try:
+        return within_deadline(read, f"storage_path {storage.location}")
+    except ValueError:
+        raise
+    except Exception as error:
+        raise ValueError(f"storage_path: cannot read {storage.location}: {error_line(error)}") from None
 
 
 # Filesystems that other machines mount too: a local path on one of them can be a cluster's shared storage.
@@ -171,6 +218,10 @@ def check_tracking(uri: str) -> None:
         folder = Path(uri[len("sqlite:///"):]).expanduser().resolve().parent
         if not folder.is_dir():
             raise ValueError(f"tracking.uri: {uri}: the folder {folder} does not exist")
+        free = shutil.disk_usage(folder).free
+        if free < MIN_SQLITE_FREE_BYTES:  # found before the teacher, not by the first write after it
+            raise ValueError(f"tracking.uri: {uri}: {free >> 20} MB free on the disk of {folder}, a sweep's store "
+                             f"needs at least {MIN_SQLITE_FREE_BYTES >> 20} MB")
         return
     from mlflow.tracking import MlflowClient
 
@@ -178,7 +229,11 @@ def check_tracking(uri: str) -> None:
     saved = {name: os.environ.get(name) for name in quick}
     os.environ.update(quick)  # for this probe only: the sweep itself keeps MLflow's retries
     try:
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        within_deadline(lambda: MlflowClient(tracking_uri=uri).search_experiments(max_results=1), f"tracking.uri {uri}")
+    except ValueError as error:
+        if str(error).startswith(f"tracking.uri {uri}: no answer"):
+            raise
+        raise ValueError(f"tracking.uri: {uri} cannot be used: {str(error).splitlines()[0]}") from None
     except Exception as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"tracking.uri: {uri} cannot be used: {message}") from None
@@ -241,7 +296,10 @@ def cluster_size() -> str:
 
 
 def check_before_ray(spec: SweepSpec, address: str | None) -> None:
-    """Before Ray starts: a given cluster answers, or this machine can run the trials; the tracking URI works."""
+    """Before Ray starts: a given cluster answers, or this machine can run the trials; the tracking URI works; the
+    data can be read and split (data.check_source; its warnings printed)."""
+    for warning in check_source(spec.data.source, spec.data.val_fraction):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     if not check_given_cluster(address):  # a Ray started here: can it ever run the trials?
         check_local_resources(spec)
     check_tracking(spec.tracking.uri)

@@ -1,5 +1,6 @@
 """Ray as the commands use it: which Ray a command runs on, a task with a trial's resources, a task's bad input
-returned as itself (one line, exit 2), and one driver per sweep on a machine.
+returned as itself (one line, exit 2), one driver per sweep on a machine, and nothing left behind by a driver that
+was killed.
 """
 
 from __future__ import annotations
@@ -18,11 +19,18 @@ from ..sweep.storage import SweepStorage
 from ..sweep.trainable import LOGICAL_GPUS_ENV
 
 
-def connect_to_ray(address: str | None, own_ray: bool = True) -> bool:
+# Every process of a Ray that a sweep's driver starts for itself inherits this mark, "<sweep key>:<driver pid>":
+# after a kill -9 of the driver (or of its process group: Ray's workers have groups of their own), the sweep's next
+# driver finds them by it (end_leftovers).
+OWN_RAY_MARK = "GKD_TUNE_OWN_RAY"
+
+
+def connect_to_ray(address: str | None, own_ray: bool = True, storage: SweepStorage | None = None) -> bool:
     """--address, else RAY_ADDRESS (`ray job submit` sets it), else a new Ray of this driver's own on this machine,
-    where `own_ray` allows one (a sweep); Ray's own default would join whatever `ray start` last recorded here, or
-    fail on a cluster that has died. A driver started with GKD_TUNE_LOGICAL_GPUS=1 passes it to every task and trial
-    it starts. Returns whether it joined a running cluster (False: it started a Ray of its own)."""
+    where `own_ray` allows one (a sweep, whose `storage` marks its processes); Ray's own default would join whatever
+    `ray start` last recorded here, or fail on a cluster that has died. A driver started with GKD_TUNE_LOGICAL_GPUS=1
+    passes it to every task and trial it starts. Returns whether it joined a running cluster (False: it started a
+    Ray of its own)."""
     import ray
 
     given = address or os.environ.get("RAY_ADDRESS")
@@ -31,12 +39,17 @@ def connect_to_ray(address: str | None, own_ray: bool = True) -> bool:
                          "machine belongs to), or run this as a job on it (`ray job submit`, which sets RAY_ADDRESS)")
     field = "--address" if address else "RAY_ADDRESS" if given else "a Ray of its own"
     logical = os.environ.get(LOGICAL_GPUS_ENV) == "1"
+    mark = {OWN_RAY_MARK: f"{sweep_key(storage)}:{os.getpid()}"} if storage is not None and not given else {}
+    os.environ.update(mark)  # while Ray starts: its processes inherit it, this driver's later children do not
     try:
         ray.init(address=address or (None if given else "local"), include_dashboard=False,
                  runtime_env={"env_vars": {LOGICAL_GPUS_ENV: "1"}} if logical else None)
     except ConnectionError as error:
         raise ValueError(f"{field}: {str(error).rstrip('.')}: check that the cluster is up (`ray status` on its head)"
                          + (", or leave it out to run on this machine" if own_ray else "")) from None
+    finally:
+        for name in mark:
+            os.environ.pop(name, None)
     return bool(given)
 
 
@@ -71,6 +84,36 @@ def acquire_sweep_lock(storage: SweepStorage, what: str) -> FileLock:
     return lock
 
 
+def sweep_key(storage: SweepStorage) -> str:
+    return hashlib.sha256(storage.location.encode()).hexdigest()[:16]
+
+
+def end_leftovers(storage: SweepStorage) -> list[int]:
+    """End what an earlier driver of this sweep left running on this machine when it was killed: the processes of
+    its own Ray (its GCS, raylet, workers and trials), found by their OWN_RAY_MARK, whose driver is gone. Called
+    holding the sweep's lock, so no live driver of this sweep can own them; never another sweep's, nor a cluster's.
+    Returns the processes ended."""
+    import signal
+
+    prefix = f"{OWN_RAY_MARK}={sweep_key(storage)}:".encode()
+    ended = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            mark = next((v for v in (entry / "environ").read_bytes().split(b"\0") if v.startswith(prefix)), None)
+        except OSError:  # gone already, or another user's
+            continue
+        if mark is None or Path(f"/proc/{int(mark[len(prefix):])}").exists():
+            continue  # not this sweep's, or its driver still runs
+        try:
+            os.kill(int(entry.name), signal.SIGKILL)
+            ended.append(int(entry.name))
+        except OSError:
+            pass
+    return ended
+
+
 def sweep_lock(storage: SweepStorage) -> FileLock:
     """One driver per sweep on this machine (on a cluster every driver runs on the head), taken before the teacher
     step, during which Tune has written nothing that would show the sweep exists. Keyed to the sweep's location in
@@ -78,4 +121,4 @@ def sweep_lock(storage: SweepStorage) -> FileLock:
     here."""
     folder = Path(tempfile.gettempdir()) / f"gkd-tune-locks-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
-    return FileLock(folder / f"{hashlib.sha256(storage.location.encode()).hexdigest()[:16]}.lock")
+    return FileLock(folder / f"{sweep_key(storage)}.lock")

@@ -33,6 +33,20 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.partial")
 
 
+def load_checked(path: Path, map_location=None):
+    """torch.load of a file gkd-tune wrote, with weights_only=True: a file holding other Python objects (another
+    tool's pickle, or a planted one) is refused as not a gkd-tune file, never loaded with weights_only=False."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} is not a gkd-tune checkpoint or model file: it holds Python objects beyond tensors "
+                         f"and plain data, which gkd-tune does not load") from None
+
+
 def save_atomically(obj, path: Path) -> None:
     """torch.save through a temporary file: a crash mid-write never leaves a broken file behind."""
     import torch

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from .data import DeviceLoader, ImageArrays, Splits
 from .distillers import Distiller, StepOutput
-from .files import save_atomically
-from .params import check, setting
+from .files import load_checked, save_atomically
+from .params import SEED_RANGE, check, setting
 
 LR_SCHEDULES = ("cosine", "multistep")
 # off: eager. on: torch.compile (inductor). cudagraphs: inductor + CUDA graphs (torch's "reduce-overhead").
@@ -42,14 +42,15 @@ class TrainConfig:
     epochs: int = setting(10, "planned epochs: the budget (ASHA's max_t) and the Gompertz time scale", low=1,
                           name="max_epochs", aliases=("epochs",))
     batch_size: int = setting(128, "training batch size", low=1)
-    lr: float = setting(0.05, "SGD learning rate (Nesterov momentum 0.9)", low=0, above_low=True, searchable=True)
+    lr: float = setting(0.05, "SGD learning rate (Nesterov momentum 0.9)", low=0, above_low=True, high=10,
+                       searchable=True)
     momentum: float = 0.9
-    weight_decay: float = setting(5e-4, "SGD weight decay", low=0, searchable=True)
+    weight_decay: float = setting(5e-4, "SGD weight decay", low=0, high=1, searchable=True)
     lr_schedule: str = setting("cosine", "cosine annealing per step, or multistep: x0.1 at 62.5/75/87.5% of the "
                                "budget", choices=LR_SCHEDULES)
     # multistep: lr x 0.1 at these fractions of the budget (RepDistiller's 150/180/210 of 240 epochs)
     milestones: tuple[float, ...] = (0.625, 0.75, 0.875)
-    seed: int = setting(0, "seed of the student's weights, the batch order and the augmentation",
+    seed: int = setting(0, "seed of the student's weights, the batch order and the augmentation", **SEED_RANGE,
                         searchable=True)  # a space file's params: a seed grid repeats a baseline
     compile: str = setting("auto", f"torch.compile the step: off, on (inductor), cudagraphs (inductor + CUDA "
                            f"graphs); auto = {AUTO_COMPILE} on a GPU, off on a CPU", choices=COMPILE_MODES)
@@ -259,4 +260,4 @@ class Trainer:
         save_atomically(self.state_dict(), path)
 
     def load(self, path: Path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        self.load_state_dict(load_checked(path, map_location=self.device))

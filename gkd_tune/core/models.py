@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torchvision import models as tv
 
-from .files import save_atomically
+from .errors import error_line
+from .files import load_checked, save_atomically
 
 
 class SplitNet(nn.Module):
@@ -206,12 +207,14 @@ def save_model(path: Path, net: SplitNet, **metadata) -> None:
 def load_model(path: Path, arch: str | None = None, num_classes: int | None = None) -> tuple[SplitNet, dict]:
     """(model, metadata) from a `save_model` file, loaded with weights_only=True; checks arch and class count."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_checked(path, map_location="cpu")
         found_arch, found_classes = saved["arch"], saved["num_classes"]
     except FileNotFoundError:
         raise ValueError(f"model file {path} does not exist") from None
+    except ValueError:
+        raise
     except Exception as error:
-        raise ValueError(f"{path} is not a gkd-tune model file: {error}") from None
+        raise ValueError(f"{path} is not a gkd-tune model file: {error_line(error)}") from None
     if arch is not None and found_arch != arch:
         raise ValueError(f"{path} holds a {found_arch}, expected {arch}")
     if num_classes is not None and found_classes != num_classes:

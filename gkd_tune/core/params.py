@@ -20,6 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KINDS = {int: "an integer", float: "a number", str: "a string"}
+# An integer setting without a declared upper bound (epochs, batch size, trials, retries) stays below this: a
+# larger one is a typo, and some (10^20) would overflow the C integers downstream.
+MAX_INT = 10**6
+# Seeds: what numpy and torch generators take.
+SEED_RANGE = {"low": 0, "high": 2**32 - 1}
+
+
+def number_text(value) -> str:
+    """1000000, 4294967295, 0.5, 1e-05: whole numbers in full, the rest as %g."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e16 else f"{value:g}"
 
 
 @dataclass(frozen=True)
@@ -38,20 +48,18 @@ class Param:
         if self.choices is not None:
             return f"one of {', '.join(map(str, self.choices))}"
         if self.low is not None and self.high is not None:
-            return f"{'(' if self.above_low else '['}{self.low:g}, {self.high:g}]"
+            return f"{'(' if self.above_low else '['}{number_text(self.low)}, {number_text(self.high)}]"
         if self.low is not None:
-            return f"{'>' if self.above_low else '>='} {self.low:g}"
-        return f"<= {self.high:g}" if self.high is not None else "any value"
+            return f"{'>' if self.above_low else '>='} {number_text(self.low)}"
+        return f"<= {number_text(self.high)}" if self.high is not None else "any value"
 
     def problem(self, value) -> str | None:
         """What is wrong with a value of the right type ('must be >= 1, got 0'), or None."""
         if self.choices is not None and value not in self.choices:
             return f"must be {self.range_text()}, got {value!r}"
-        if self.low is not None and (value <= self.low if self.above_low else value < self.low):
-            return f"must be {'>' if self.above_low else '>='} {self.low:g}, got {value}"
-        if self.high is not None and value > self.high:
-            return f"must be <= {self.high:g}, got {value}"
-        return None
+        outside = (self.low is not None and (value <= self.low if self.above_low else value < self.low)
+                   or self.high is not None and value > self.high)
+        return f"must be {self.range_text()}, got {value}" if outside else None
 
 
 def setting(default, help: str, **declaration) -> Any:
@@ -99,6 +107,8 @@ def settings(config_class: type, *, searchable: bool | None = None) -> list[Sett
             param = f.metadata["param"]
             if searchable is None or param.searchable == searchable:
                 basic = next(k for k in KINDS if k in typing.get_args(kind) or k is kind)
+                if basic is int and param.high is None and param.choices is None:
+                    param = dataclasses.replace(param, high=MAX_INT)
                 found.append(Setting(param.name or f.name, (f.name,), basic, f.default, param))
     return found
 

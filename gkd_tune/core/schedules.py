@@ -31,10 +31,12 @@ class BetaSchedule:
     """
 
     kind: str = setting("gompertz", "beta(t) shape", choices=SCHEDULE_KINDS, searchable=True, name="schedule")
-    beta_min: float = setting(0.1, "beta's lower bound", low=0, searchable=True)
-    beta_max: float = setting(1.0, "beta's upper bound", low=0, searchable=True)
-    b: float = setting(3.0, "Gompertz offset (inflection at t = b/c)", searchable=True)
-    c: float = setting(6.0, "Gompertz rate", low=0, above_low=True, searchable=True)
+    beta_min: float = setting(0.1, "beta's lower bound", low=0, high=100, searchable=True)
+    beta_max: float = setting(1.0, "beta's upper bound", low=0, high=100, searchable=True)
+    # b > 0: at b <= 0 beta(0) is already most of the way up (b = -1: 72%), the curve has no rise to time
+    b: float = setting(3.0, "Gompertz offset (inflection at t = b/c)", low=0, above_low=True, high=50,
+                       searchable=True)
+    c: float = setting(6.0, "Gompertz rate", low=0, above_low=True, high=500, searchable=True)
 
     def __post_init__(self):
         check(self)

@@ -18,7 +18,7 @@ from .errors import error_line
 from .files import cache_root
 from .loop import LR_SCHEDULES, Trainer, TrainConfig
 from .models import MODELS, SplitNet, build_model, load_model, save_model
-from .params import check, setting
+from .params import SEED_RANGE, check, setting
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,10 @@ class TeacherRecipe:
 
     epochs: int = setting(10, "epochs of the teacher's training", low=1)
     batch_size: int = setting(128, "the teacher's batch size", low=1)
-    lr: float = setting(0.05, "the teacher's SGD learning rate", low=0, above_low=True)
-    weight_decay: float = setting(5e-4, "the teacher's SGD weight decay", low=0)
+    lr: float = setting(0.05, "the teacher's SGD learning rate", low=0, above_low=True, high=10)
+    weight_decay: float = setting(5e-4, "the teacher's SGD weight decay", low=0, high=1)
     lr_schedule: str = setting("cosine", "the teacher's learning-rate schedule", choices=LR_SCHEDULES)
-    seed: int = setting(0, "the teacher's seed (weights, batch order, augmentation)")
+    seed: int = setting(0, "the teacher's seed (weights, batch order, augmentation)", **SEED_RANGE)
 
     def __post_init__(self):
         check(self)

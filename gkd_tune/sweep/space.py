@@ -20,7 +20,7 @@ from ..core.data import DataSourceError, DataSpec, absolute_source
 from ..core.distillers import DistillConfig
 from ..core.loop import TrainConfig
 from ..core.models import MODELS
-from ..core.params import Param, Setting, build, check, flatten, setting, settings
+from ..core.params import SEED_RANGE, Param, Setting, build, check, flatten, setting, settings
 from ..core.teacher import TeacherSpec
 from .storage import TRIAL_DIR_PREFIX, WORKER_SCRATCH_DIR
 
@@ -73,9 +73,9 @@ TRIAL_PARAMS: dict[str, Setting] = {s.name: s for s in sorted(
 class SearchSettings:
     num_samples: int = setting(8, "number of trials (with a grid: repeats of the whole grid)", low=1)
     max_concurrent_trials: int = setting(2, "trials running at once", low=1)
-    seed: int = setting(0, "Optuna sampler seed")
+    seed: int = setting(0, "Optuna sampler seed", **SEED_RANGE)
     grace_period: int = setting(1, "ASHA: epochs every trial runs before it can be stopped", low=1)
-    reduction_factor: int = setting(2, "ASHA: 1 / the share of trials promoted at each rung", low=2)
+    reduction_factor: int = setting(2, "ASHA: 1 / the share of trials promoted at each rung", low=2, high=100)
     metric: str = setting("val_acc", "the last epoch's validation metric that ranks trials", choices=METRICS)
     max_failures: int = setting(2, "retries of a failed trial (from its last checkpoint)", low=0)
     startup_trials: int | None = setting(None, "random trials before TPE models the results (Optuna's "
@@ -95,11 +95,11 @@ class SearchSettings:
 
 @dataclass(frozen=True)
 class Resources:
-    cpu: float = setting(1.0, "CPUs per trial", low=0, above_low=True)
-    gpu: float = setting(0.0, "GPUs per trial (a fraction shares one)", low=0)
+    cpu: float = setting(1.0, "CPUs per trial", low=0, above_low=True, high=1024)
+    gpu: float = setting(0.0, "GPUs per trial (a fraction shares one)", low=0, high=64)
     # an autoscaler starting a GPU worker (instance boot, a multi-GB image pull) takes minutes, not an hour
     wait_s: float = setting(1800.0, "seconds to wait for the Ray cluster to provide a trial's resources before "
-                                    "giving up", low=0, above_low=True)
+                                    "giving up", low=0, above_low=True, high=7 * 24 * 3600)
 
     def __post_init__(self):
         check(self)
@@ -362,9 +362,6 @@ def _check_search(reader: _Reader, params: dict, search: SearchSettings) -> None
     if "inflection" in params:
         if "c" in params:
             reader.fail("params.inflection", "give c or inflection (c = b / inflection), not both")
-        b = params.get("b", TRIAL_PARAMS["b"].default)
-        if (b.bounds()[0] if isinstance(b, Distribution) else b) <= 0:
-            reader.fail("params.b", "must be > 0 with inflection (c = b / inflection must be > 0)")
     if not searched and search.full_budget_trials:
         reader.fail("search.full_budget_trials", "a sweep that searches nothing stops no trial early already")
     if 0 < search.full_budget_trials < 3:

@@ -58,7 +58,13 @@ def _read_cache(path: Path) -> DecodedSource | None:
             test = ImageArrays(cached["test_images"], cached["test_labels"]) if "test_images" in cached else None
             return DecodedSource(ImageArrays(cached["train_images"], cached["train_labels"]), test,
                                  tuple(cached["class_names"]))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    except OSError as error:
+        if error.errno is not None:  # the file could not be read (permissions, descriptors, I/O): not damaged
+            raise
+        warnings.warn(f"cached arrays {path} are damaged ({type(error).__name__}: {error}); decoding again")
+        path.unlink(missing_ok=True)
+        return None
+    except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         warnings.warn(f"cached arrays {path} are damaged ({type(error).__name__}: {error}); decoding again")
         path.unlink(missing_ok=True)
         return None
@@ -75,6 +81,10 @@ def _write_cache(decoded: DecodedSource, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # write-then-rename: a reader never sees a half-written file
     partial = partial_path(path)
-    with open(partial, "wb") as file:  # a file object: np.savez adds no ".npz" to the name
-        np.savez(file, **arrays)
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as file:  # a file object: np.savez adds no ".npz" to the name
+            np.savez(file, **arrays)
+        os.replace(partial, path)
+    except BaseException:  # a full disk, an interrupt: no half-written file stays behind
+        partial.unlink(missing_ok=True)
+        raise

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..params import check, setting
 from .cache import load_source
-from .sources import DataSourceError, ImageArrays
+from .sources import SOURCES, DataSourceError, ImageArrays, check_two_labels, parse_source
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,23 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     indices = np.arange(len(labels))
     kept, held_out = train_test_split(indices, test_size=fraction, stratify=labels, random_state=seed)
     return np.sort(kept), np.sort(held_out)
+
+
+def check_source(source: str, val_fraction: float) -> list[str]:
+    """What a run would find out only when it loads the data, found in seconds before anything starts (in a
+    sweep's --dry-run too): the source can be read, its first images decode, its training split has at least 2
+    labels and enough images of each for a stratified `val_fraction`. Returns warnings (files it will not use);
+    raises DataSourceError."""
+    kind, location = parse_source(source)
+    labels, warnings = SOURCES[kind].check(source, location)
+    if labels is not None:
+        check_two_labels(source, labels)
+        try:
+            stratified_split(labels, val_fraction, 0)
+        except ValueError as error:
+            raise DataSourceError(source, f"cannot build a stratified {val_fraction:.0%} validation split: "
+                                          f"{error}") from None
+    return warnings
 
 
 def load_splits(source: str, val_fraction: float = 0.1, seed: int = 0, root: Path | None = None) -> Splits:

@@ -26,7 +26,7 @@ METHODS: dict[str, type[Distiller]] = {"student": StudentOnly, "kd": VanillaKD, 
 class DistillConfig:
     method: str = setting("gompertz", "; ".join(f"{name}: {m.summary}" for name, m in METHODS.items()),
                           choices=tuple(METHODS), searchable=True)
-    tau: float = setting(4.0, "KD temperature", low=0, above_low=True, searchable=True)
+    tau: float = setting(4.0, "KD temperature", low=0, above_low=True, high=100, searchable=True)
     schedule: BetaSchedule = field(default_factory=BetaSchedule)  # of the methods whose uses_schedule is True
     kd: KDConfig = field(default_factory=KDConfig)
     gompertz: GompertzConfig = field(default_factory=GompertzConfig)

@@ -14,10 +14,11 @@ from .base import Distiller, StepOutput
 
 @dataclass(frozen=True)
 class LossWeights:
-    wasserstein: float = setting(1.0, "weight of L_wasserstein; 0 switches the term off", low=0, searchable=True,
-                                 name="w_wasserstein")
-    grad: float = setting(1.0, "weight of L_grad; 0 switches the term off", low=0, searchable=True, name="w_grad")
-    kd: float = setting(1.0, "weight of L_kd; 0 switches the term off", low=0, searchable=True, name="w_kd")
+    wasserstein: float = setting(1.0, "weight of L_wasserstein; 0 switches the term off", low=0, high=100,
+                                 searchable=True, name="w_wasserstein")
+    grad: float = setting(1.0, "weight of L_grad; 0 switches the term off", low=0, high=100, searchable=True,
+                          name="w_grad")
+    kd: float = setting(1.0, "weight of L_kd; 0 switches the term off", low=0, high=100, searchable=True, name="w_kd")
 
     def __post_init__(self):
         check(self)

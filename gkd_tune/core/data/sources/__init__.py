@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import IMAGE_SIZE, DataSourceError, DecodedSource, ImageArrays, SourceKind, TransientDataError
+from .base import (IMAGE_SIZE, DataSourceError, DecodedSource, ImageArrays, SourceKind, TransientDataError,
+                   check_two_labels)
 from .cifar import TorchvisionCifar
 from .digits import Digits
 from .imagefolder import ImageFolderTree
@@ -40,7 +41,7 @@ def parse_source(source: str) -> tuple[str, str]:
     if location and not SOURCES[kind].takes_path:
         raise DataSourceError(source, f"{kind} takes no path; sources with one: "
                                       f"{', '.join(k.usage for k in SOURCES.values() if k.takes_path)}")
-    return kind, location
+    return kind, str(Path(location).expanduser()) if location else location
 
 
 def absolute_source(source: str) -> str:
@@ -63,4 +64,4 @@ def decode(source: str, root: Path) -> DecodedSource:
 
 
 __all__ = ["IMAGE_SIZE", "SOURCES", "SOURCE_KINDS", "DataSourceError", "DecodedSource", "ImageArrays", "SourceKind",
-           "TransientDataError", "absolute_source", "decode", "fingerprint_parts", "parse_source"]
+           "TransientDataError", "absolute_source", "check_two_labels", "decode", "fingerprint_parts", "parse_source"]

@@ -82,6 +82,12 @@ class SourceKind:
         """N x 3 x 32 x 32 uint8 images and int64 labels; DataSourceError naming the source for anything wrong."""
         raise NotImplementedError
 
+    def check(self, source: str, location: str) -> tuple[np.ndarray | None, list[str]]:
+        """In seconds, before anything starts: that the source can be read and its first images decode. Returns
+        (the training split's labels, warnings); DataSourceError for what decode would reject. No labels: not known
+        without a download (CIFAR) or a decode (digits), which are checked when they happen."""
+        return None, []
+
 
 class FilesKind(SourceKind):
     """A kind read from files under a path: its fingerprint is every file's path, size and modification time."""
@@ -113,12 +119,18 @@ def to_nchw_uint8(source: str, pictures: list, what: str) -> np.ndarray:
     return out
 
 
+def check_two_labels(source: str, labels: np.ndarray) -> None:
+    distinct = np.unique(labels)
+    if len(distinct) < 2:
+        raise DataSourceError(source, f"needs at least 2 distinct labels in its training split, found only "
+                                      f"{', '.join(map(str, distinct)) or 'none'}")
+
+
 def class_names_for(source: str, names, train: ImageArrays, test: ImageArrays | None) -> tuple[str, ...]:
     highest = int(max(train.labels.max(), test.labels.max() if test is not None else 0))
     if train.labels.min() < 0:
         raise DataSourceError(source, "labels must be non-negative integers")
-    if highest < 1:
-        raise DataSourceError(source, "needs at least 2 classes (labels 0..K-1), found only label 0")
+    check_two_labels(source, train.labels)
     if names is None:
         return tuple(str(i) for i in range(highest + 1))
     if highest >= len(names):

@@ -12,6 +12,20 @@ from .base import DataSourceError, DecodedSource, FilesKind, ImageArrays, to_nch
 class ImageFolderTree(FilesKind):
     usage = "imagefolder:DIR"
 
+    def check(self, source: str, location: str) -> tuple[np.ndarray | None, list[str]]:
+        from torchvision.datasets import ImageFolder
+        from torchvision.datasets.folder import default_loader
+
+        root = Path(location)
+        if not (root / "train").is_dir():
+            raise DataSourceError(source, f"expected class folders under {root / 'train'} (DIR/train/<class>/*.png)")
+        try:
+            folder = ImageFolder(str(root / "train"))
+        except (FileNotFoundError, OSError) as error:
+            raise DataSourceError(source, f"{root / 'train'}: {error}") from None
+        to_nchw_uint8(source, [lambda: default_loader(folder.samples[0][0])], str(root / "train"))  # it decodes
+        return np.asarray(folder.targets, dtype=np.int64), []
+
     def decode(self, source: str, location: str, root: Path) -> DecodedSource:
         from torchvision.datasets import ImageFolder
         from torchvision.datasets.folder import default_loader
