@@ -28,7 +28,8 @@ from .storage import WORKER_SCRATCH_DIR, SweepStorage
 from .strategy import FAILED, SETUP_ERROR
 
 # Set (to 1) where Ray's GPUs are logical, not CUDA devices (cluster/local.yaml's fake nodes): a task given a GPU
-# may then run on the CPU. Set where the driver starts; cluster.runtime.connect_to_ray hands it to every task and trial.
+# may then run on the CPU. Set where the driver starts; cluster.runtime.connect_to_ray hands it to every task and
+# trial.
 LOGICAL_GPUS_ENV = "GKD_TUNE_LOGICAL_GPUS"
 
 # In a sweep's storage: the teacher that provide_teacher trained or took; the driver publishes it as TEACHER_FILE.

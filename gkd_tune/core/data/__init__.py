@@ -16,5 +16,5 @@ from .sources import (SOURCE_KINDS, DataSourceError, DecodedSource, ImageArrays,
 from .splits import DataSpec, Splits, check_source, load_splits, stratified_split
 
 __all__ = ["SOURCE_KINDS", "DataSourceError", "DataSpec", "DecodedSource", "DeviceLoader", "ImageArrays", "Splits",
-           "TransientDataError", "absolute_source", "cache_path_for", "check_source", "load_source", "load_splits", "parse_source", "random_crop_flip",
-           "stratified_split"]
+           "TransientDataError", "absolute_source", "cache_path_for", "check_source", "load_source", "load_splits",
+           "parse_source", "random_crop_flip", "stratified_split"]
