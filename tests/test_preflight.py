@@ -158,6 +158,14 @@ def test_a_storage_or_tracking_probe_that_does_not_answer_ends_in_one_line(tmp_p
     with pytest.raises(ValueError, match=r"storage_path: cannot read .*: OSError: When resolving region .*CONNECTION$"):
         preflight.read_storage(storage, refuses)
 
+    def invalid(*args, **kwargs):  # pyarrow's ArrowInvalid is a ValueError: worded as the probe's, not passed on
+        raise ValueError("Expected a local filesystem path, got a URI\nmore")
+
+    storage = SimpleNamespace(location="s3://b/runs/s", _resolve=invalid)
+    with pytest.raises(ValueError, match=r"^storage_path: cannot write to s3://b/runs/s: ValueError: Expected a local "
+                                         r"filesystem path, got a URI$"):
+        preflight.check_storage(storage)
+
 
 def test_a_sqlite_store_on_a_full_disk_is_found_before_anything_starts(tmp_path, monkeypatch):
     from collections import namedtuple

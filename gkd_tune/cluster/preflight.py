@@ -69,6 +69,11 @@ def check_ray_address(address: str, field: str) -> None:
                          f"this machine") from None
 
 
+class NoAnswer(ValueError):
+    """A probe that did not answer within its deadline: bad input (exit 2), and told apart from a ValueError the
+    probe itself raised (pyarrow's ArrowInvalid is one), which the checks below word as theirs."""
+
+
 def within_deadline(probe, what: str, seconds: float | None = None):
     """probe()'s result, or a ValueError naming `what` when it has not answered within `seconds` (default
     PROBE_TIMEOUT_S): a storage or tracking probe that retries without a network (pyarrow's GCS client does, for
@@ -86,7 +91,7 @@ def within_deadline(probe, what: str, seconds: float | None = None):
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
-        raise ValueError(f"{what}: no answer within {seconds:g} s (check the address, the credentials and the "
+        raise NoAnswer(f"{what}: no answer within {seconds:g} s (check the address, the credentials and the "
                          f"network)")
     if "error" in outcome:
         raise outcome["error"]
@@ -105,22 +110,22 @@ def check_storage(storage: SweepStorage) -> None:
             stream.write(b"probe")
         filesystem.delete_file(path)
 
-    try:
-        within_deadline(write_and_delete, f"storage_path {storage.location}")
-    except ValueError:
-        raise
-    except Exception as error:  # pyarrow raises OSError, ArrowInvalid, PermissionError ... by filesystem
-        raise ValueError(f"storage_path: cannot write to {storage.location}: {error_line(error)}") from None
+    probe_storage(storage, write_and_delete, "write to")
 
 
 def read_storage(storage: SweepStorage, read):
-    """read(), a command's first read of a sweep's storage (report), within PROBE_TIMEOUT_S and as one line."""
+    """read(), a command's first read of a sweep's storage (report, --resume), within PROBE_TIMEOUT_S."""
+    return probe_storage(storage, read, "read")
+
+
+def probe_storage(storage: SweepStorage, action, verb: str):
+    """action()'s result within PROBE_TIMEOUT_S; whatever it raises as one line naming storage_path."""
     try:
-        return within_deadline(read, f"storage_path {storage.location}")
-    except ValueError:
+        return within_deadline(action, f"storage_path {storage.location}")
+    except NoAnswer:
         raise
-    except Exception as error:
-        raise ValueError(f"storage_path: cannot read {storage.location}: {error_line(error)}") from None
+    except Exception as error:  # pyarrow raises OSError, ArrowInvalid, PermissionError ... by filesystem
+        raise ValueError(f"storage_path: cannot {verb} {storage.location}: {error_line(error)}") from None
 
 
 # Filesystems that other machines mount too: a local path on one of them can be a cluster's shared storage.
@@ -230,10 +235,8 @@ def check_tracking(uri: str) -> None:
     os.environ.update(quick)  # for this probe only: the sweep itself keeps MLflow's retries
     try:
         within_deadline(lambda: MlflowClient(tracking_uri=uri).search_experiments(max_results=1), f"tracking.uri {uri}")
-    except ValueError as error:
-        if str(error).startswith(f"tracking.uri {uri}: no answer"):
-            raise
-        raise ValueError(f"tracking.uri: {uri} cannot be used: {str(error).splitlines()[0]}") from None
+    except NoAnswer:
+        raise
     except Exception as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"tracking.uri: {uri} cannot be used: {message}") from None

@@ -30,7 +30,6 @@ class ParquetFiles(FilesKind):
         test = read_all(test_files)[0] if test_files else None
         return DecodedSource(train, test, class_names_for(source, names, train, test))
 
-
     def check(self, source: str, location: str) -> tuple[np.ndarray | None, list[str]]:
         import pyarrow.parquet as pq
 
