@@ -14,7 +14,7 @@ from .cli import EXIT_INTERRUPTED
 from .cluster.preflight import check_shared_with_cluster, check_storage, read_storage, wait_for_cluster_resources
 from .cluster.runtime import acquire_sweep_lock, connect_to_ray, end_leftovers, task_results, trial_task
 from .core.files import TEACHER_FILE
-from .sweep.resume import check_resume, record
+from .sweep.resume import check_resume, record, repair_lost_checkpoints
 from .sweep.space import SweepSpec
 from .sweep.storage import WORKER_SCRATCH_DIR, SweepStorage, trial_dirname
 
@@ -90,6 +90,10 @@ def run(trials: Trials) -> int:
         if trials.resume and check_resume(storage, trials.record_name, trials.configuration, spec.file,
                                           trials.accept_changes, trials.safe_changes):
             record(storage, trials.record_name, trials.configuration)  # what it continues with, accepted
+        if trials.resume:
+            for trial_id in repair_lost_checkpoints(storage):
+                print(f"trial {trial_id}: its checkpoint in the saved sweep state was deleted as the driver was "
+                      f"killed; it continues from the next one", flush=True)
         joined = connect_to_ray(trials.address, storage=storage)
         try:
             if joined:  # a Ray started here is this one machine

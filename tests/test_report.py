@@ -62,3 +62,17 @@ def test_nan_failed_and_stopped_trials_never_win(metric, values, best):
     assert {t.trial_id for t in winners(trials)} <= {"a", "b", "c"}
     assert {t.trial_id: t.outcome for t in trials}["nanloss"] == "diverged"
     assert outcome_counts(trials) == "2 completed, 1 stopped by asha, 2 diverged, 1 failed"
+
+
+def test_an_epoch_reported_again_after_a_restore_is_one_row():
+    """A driver killed after logging epoch 2, whose saved state named epoch 1's checkpoint: the restored trial
+    reports epoch 2 again. Its history has each epoch once, the last report of it."""
+    import pandas as pd
+
+    frame = pd.DataFrame([{"epoch": 0, "val_acc": float("nan")}, {"epoch": 1, "val_acc": 0.5},
+                          {"epoch": 2, "val_acc": 0.6}, {"epoch": 2, "val_acc": 0.61}, {"epoch": 3, "val_acc": 0.7}])
+    spec = parse_space({"name": "s", "training": {"max_epochs": 3}, "params": {"b": {"uniform": [1, 5]}}})
+    restored = result("r", 3, 0.7, "val_acc")
+    restored.metrics_dataframe = frame
+    [trial] = summarise([restored], spec)
+    assert [(row["epoch"], row["val_acc"]) for row in trial.history] == [(1, 0.5), (2, 0.61), (3, 0.7)]

@@ -80,12 +80,19 @@ def summarise(results, spec: SweepSpec) -> list[TrialSummary]:
         announced = next((row[PLAN_KEY] for row in rows if isinstance(row.get(PLAN_KEY), str)), None)
         trials.append(TrialSummary(metrics.get("trial_id") or result.path.rsplit("/", 1)[-1], outcome, metrics,
                                    result.config or {}, result.checkpoint, error,
-                                   history=[row for row in rows if row.get("epoch", 0) >= 1],
+                                   history=one_row_per_epoch(rows),
                                    plan=TrialPlan.from_json(announced) if announced else None))
     sign = -1 if spec.mode == "max" else 1
     trials.sort(key=lambda t: (t.outcome != COMPLETED, sign * t.metrics.get(spec.search.metric, 0.0)
                                if t.outcome == COMPLETED else 0.0))
     return trials
+
+
+def one_row_per_epoch(rows: list[dict]) -> list[dict]:
+    """A trial's epoch results in order, each once: an epoch reported again after a restore counts as reported last
+    (a driver killed after logging an epoch whose checkpoint its saved state never named)."""
+    by_epoch = {int(row["epoch"]): row for row in rows if row.get("epoch", 0) >= 1}
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 def winners(trials: list[TrialSummary]) -> list[TrialSummary]:

@@ -11,6 +11,7 @@ the new value (`safe`, with --accept-changes). Every printed resume command is t
 from __future__ import annotations
 
 import difflib
+import json
 import shlex
 import sys
 import tempfile
@@ -54,6 +55,48 @@ def recorded(storage: SweepStorage, name: str) -> dict | None:
         return None
     with tempfile.TemporaryDirectory() as directory:
         return yaml.safe_load(storage.get(name, Path(directory) / name).read_text()) or {}
+
+
+# In a checkpoint that repair_lost_checkpoints put back: the last epoch Ray Tune's saved state knows of. The trial
+# reports the epochs after it again, from its trainer's history, before it trains on (trainable.train_trial).
+KNOWN_EPOCH_FILE = "known_epoch.json"
+
+
+def repair_lost_checkpoints(storage: SweepStorage) -> list[str]:
+    """Put back each checkpoint that a trial restores from but a killed driver had already deleted; the ids of the
+    trials repaired.
+
+    Ray Tune keeps one checkpoint per trial (CheckpointConfig(num_to_keep=1)): registering epoch n+1's deletes
+    epoch n's at once, while the experiment state that names epoch n+1's reaches storage a moment later. A driver
+    killed in between leaves a state whose trial restores from a checkpoint that is gone, and Tune fails the trial
+    on every retry ("Could not recover from checkpoint as it does not exist on storage anymore"). The trial's next
+    checkpoint, whose registration deleted it, is complete (a trial reports a checkpoint once it is written): its
+    files go under the lost name, with the last epoch Tune knows."""
+    from ray.tune import ExperimentAnalysis
+
+    from ..core.files import STUDENT_FILE, TRAINER_FILE
+
+    base = storage.tune_path.rstrip("/")
+    repaired = []
+    for trial in ExperimentAnalysis(base, storage_filesystem=storage.tune_filesystem).trials:
+        checkpoint = trial.checkpoint
+        if checkpoint is None or not checkpoint.path.startswith(base + "/"):
+            continue
+        lost = checkpoint.path[len(base) + 1:]  # trial-<id>/checkpoint_<index>
+        if storage.exists(lost):
+            continue
+        folder, name = lost.rsplit("/", 1)
+        later = sorted(n for n in storage.names(folder) if n.startswith("checkpoint_") and n > name)
+        if not later or not all(storage.exists(f"{folder}/{later[0]}/{f}") for f in (TRAINER_FILE, STUDENT_FILE)):
+            continue  # nothing to continue from: Tune fails the trial, and says why
+        for file in (TRAINER_FILE, STUDENT_FILE):
+            storage.copy(f"{folder}/{later[0]}/{file}", f"{lost}/{file}")
+        with tempfile.TemporaryDirectory() as directory:
+            known = Path(directory) / KNOWN_EPOCH_FILE
+            known.write_text(json.dumps({"epoch": int((trial.last_result or {}).get("epoch", 0))}))
+            storage.put(known, f"{lost}/{KNOWN_EPOCH_FILE}")
+        repaired.append(trial.trial_id)
+    return repaired
 
 
 def check_resume(storage: SweepStorage, name: str, now: dict, file: str, accept_changes: bool = False,

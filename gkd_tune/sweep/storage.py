@@ -92,6 +92,12 @@ class SweepStorage:
         listing = filesystem.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
         return any(info.base_name.startswith("experiment_state") for info in listing)
 
+    def names(self, relative: str = "") -> list[str]:
+        """The names in a folder of this storage ([] where it does not exist)."""
+        filesystem, path = self._resolve(relative)
+        return [info.base_name for info in
+                filesystem.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))]
+
     def put(self, local_file: Path, relative: str) -> None:
         filesystem, path = self._resolve(relative)
         make_parent(filesystem, path)

@@ -8,6 +8,7 @@ whichever node it lands. The teacher travels by file through the sweep's shared 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..core.files import STUDENT_FILE, TEACHER_FILE, TRAINER_FILE
 from ..core.loop import OUTCOME, Trainer, default_device, evaluate, evaluation_loader
 from ..core.models import build_model, load_model, save_model
 from ..core.teacher import TeacherProgress, obtain_teacher
+from .resume import KNOWN_EPOCH_FILE
 from .space import PLAN_KEY, SweepSpec, TrialPlan
 from .storage import WORKER_SCRATCH_DIR, SweepStorage
 from .strategy import FAILED, SETUP_ERROR
@@ -82,24 +84,35 @@ def train_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
     except ValueError as error:  # configuration, data (DataSourceError), teacher file: the same on every retry
         report_setup_failure(spec, plan, error)
         return
+    unseen = []  # epochs of a put-back checkpoint that Tune has not seen (resume.repair_lost_checkpoints)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.load(Path(directory) / TRAINER_FILE)
+            known = Path(directory) / KNOWN_EPOCH_FILE
+            if known.exists():
+                known_epoch = json.loads(known.read_text())["epoch"]
+                unseen = [metrics for metrics in trainer.history if metrics["epoch"] > known_epoch]
     # which node ran each epoch, in the trial's results: placement and retries on a cluster are visible
     node_id = ray.get_runtime_context().get_node_id()
     announced = {PLAN_KEY: plan.to_json()}  # in the first result of this start only
 
-    def report(metrics: dict, trainer: Trainer) -> None:
+    def report(metrics: dict, trainer: Trainer | None = None) -> None:
+        """One epoch's result to Tune, with a checkpoint of `trainer` (none for an epoch reported again). ASHA stops
+        a trial by raising out of tune.report."""
+        result = {**metrics, "node_id": node_id, **announced}
+        announced.clear()
+        if trainer is None:
+            tune.report(result)
+            return
         with tempfile.TemporaryDirectory() as directory:
             trainer.save(Path(directory) / TRAINER_FILE)
             save_model(Path(directory) / STUDENT_FILE, trainer.distiller.student, val_acc=metrics["val_acc"],
                        epoch=metrics["epoch"], params=plan.params, **trainer.input_card)
-            # ASHA stops a trial by raising out of this call
-            tune.report({**metrics, "node_id": node_id, **announced},
-                        checkpoint=tune.Checkpoint.from_directory(directory))
-        announced.clear()
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
 
+    for metrics in unseen:
+        report(metrics)
     trainer.run(report)
 
 
