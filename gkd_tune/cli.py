@@ -23,7 +23,7 @@ def shared_options(*, without_address: str | None = OWN_RAY, sweep: bool = True)
     --storage-path and --tracking-uri where it has a sweep's storage and runs (`sweep`), --debug always."""
     parent = argparse.ArgumentParser(add_help=False)
     if sweep:
-        parent.add_argument("--storage-path", help="where the trials' checkpoints and the teacher go (overrides "
+        parent.add_argument("--storage-path", type=storage_location, help="where the trials' checkpoints and the teacher go (overrides "
                             "storage_path): a folder, or a URI such as s3://bucket/prefix (an S3-compatible store: "
                             "s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http); on a cluster of several "
                             "nodes, storage every node can read")
@@ -36,6 +36,12 @@ def shared_options(*, without_address: str | None = OWN_RAY, sweep: bool = True)
                             f"{without_address})")
     parent.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     return parent
+
+
+def storage_location(text: str) -> str:
+    """--storage-path as the sweep records it: a local folder made absolute (a --resume from another folder, or
+    given the same folder another way, names the same place), a URI as it is."""
+    return text if "://" in text else str(Path(text).expanduser().resolve())
 
 
 def check_output_folder(folder: Path, what: str) -> Path:

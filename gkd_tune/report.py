@@ -28,10 +28,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def report() -> int:
         from .cluster.preflight import check_tracking, read_storage
-        from .sweep.report import load_trials, write_report
         from .sweep.space import load_space
         from .sweep.storage import SweepStorage
-        from .sweep.tracking import SweepTracker
 
         spec = load_space(args.space).with_overrides(storage_path=args.storage_path, tracking_uri=args.tracking_uri)
         out = check_output_folder(args.out or Path("reports") / spec.name, "--out" if args.out else "the report folder")
@@ -44,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
             if ran:
                 spec = load_space(ran).with_overrides(storage_path=spec.storage_path, tracking_uri=spec.tracking.uri)
         check_tracking(spec.tracking.uri)
+        from .sweep.report import load_trials, write_report  # (MLflow, Ray Tune, matplotlib: after the checks)
+        from .sweep.tracking import SweepTracker
+
         tracker = SweepTracker(spec, storage.location, reopen=False)
         trials = load_trials(spec, tracker, storage.location)
         summary = write_report(trials, spec, tracker, out)

@@ -75,3 +75,45 @@ def test_a_dry_run_finds_unreadable_data_before_ray(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err  # the plan's warnings, then the one error line
     assert re.match(message, err.splitlines()[-1]) and not any(line.startswith("error") for line in
                                                                err.splitlines()[:-1]), err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["gs", "s3"])
+def test_unreachable_storage_ends_search_report_and_reproduce_alike(tmp_path, scheme):
+    """A bucket that cannot be reached (no network here; a missing bucket elsewhere) ends each command with exit 2 and
+    one `error: storage_path ...` line before Ray or a teacher, whether the probe fails or gets no answer in time."""
+    import subprocess
+    import sys
+
+    storage = f"{scheme}://gkd-tune-no-such-bucket-0/runs"
+    env = dict(os.environ, GKD_TUNE_PROBE_TIMEOUT_S="2")
+    quickstart = str(ROOT / "search_spaces" / "quickstart.yaml")
+    for module, argv in (("search", ["--space", quickstart]), ("report", ["--space", quickstart]),
+                         ("reproduce", ["--config", str(ROOT / "reproduce" / "smoke.yaml")])):
+        done = subprocess.run([sys.executable, "-m", f"gkd_tune.{module}", *argv, "--storage-path", storage,
+                               "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2 and len(lines) == 1, (module, done.stdout[-2000:], done.stderr[-2000:])
+        assert lines[0].startswith("error: storage_path") and storage in lines[0], (module, lines)
+        assert "ray" not in done.stdout.lower() and not (tmp_path / "mlflow.db").exists(), module
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "soon", "1e9"])
+def test_a_bad_probe_deadline_is_named(monkeypatch, value):
+    from gkd_tune.cluster import preflight
+
+    monkeypatch.setenv(preflight.PROBE_TIMEOUT_ENV, value)
+    with pytest.raises(ValueError, match=rf"^GKD_TUNE_PROBE_TIMEOUT_S: must be a number of seconds in \(0, 600\], "
+                                         rf"got '{value}'$"):
+        preflight.within_deadline(lambda: None, "anything")
+
+
+def test_a_local_storage_path_is_recorded_absolute(tmp_path, monkeypatch):
+    """A sweep started with --storage-path runs continues with --storage-path $PWD/runs, or from another folder."""
+    from gkd_tune.cli import shared_options
+
+    monkeypatch.chdir(tmp_path)
+    parser = shared_options()
+    assert parser.parse_args(["--storage-path", "runs"]).storage_path == str(tmp_path / "runs")
+    assert parser.parse_args(["--storage-path", "s3://b/r?scheme=http"]).storage_path == "s3://b/r?scheme=http"

@@ -140,7 +140,7 @@ def test_a_storage_or_tracking_probe_that_does_not_answer_ends_in_one_line(tmp_p
 
     from gkd_tune.cluster import preflight
 
-    monkeypatch.setattr(preflight, "PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setenv(preflight.PROBE_TIMEOUT_ENV, "0.5")
 
     def hangs(*args, **kwargs):
         time.sleep(30)

@@ -30,9 +30,26 @@ from ..core.errors import error_line
 from ..sweep.space import SweepSpec
 from ..sweep.storage import SweepStorage, is_uri
 
-# A tracking server or Ray cluster that does not answer within this many seconds is reported, not retried for
-# minutes.
-PROBE_TIMEOUT_S = 10
+# A storage path, tracking server or Ray cluster that does not answer within this many seconds is reported, not
+# retried for minutes. 5 s is many round trips for a probe file's write; with the command's imports, a dead address
+# ends the command within 10 s. The environment variable is for storage that is slow but works.
+PROBE_TIMEOUT_ENV, PROBE_TIMEOUT_S = "GKD_TUNE_PROBE_TIMEOUT_S", 5.0
+MAX_PROBE_TIMEOUT_S = 600
+
+
+def probe_timeout_s() -> float:
+    """The probes' deadline: PROBE_TIMEOUT_S, or the number in GKD_TUNE_PROBE_TIMEOUT_S."""
+    text = os.environ.get(PROBE_TIMEOUT_ENV, "").strip()
+    if not text:
+        return PROBE_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_PROBE_TIMEOUT_S:  # NaN fails too
+        raise ValueError(f"{PROBE_TIMEOUT_ENV}: must be a number of seconds in (0, {MAX_PROBE_TIMEOUT_S}], got "
+                         f"{text!r}")
+    return seconds
 # A sqlite tracking store's disk: a sweep's runs, metrics and plots, with room to spare.
 MIN_SQLITE_FREE_BYTES = 64 << 20
 
@@ -62,7 +79,7 @@ def check_ray_address(address: str, field: str) -> None:
         return
     host, port = address.rsplit(":", 1)
     try:
-        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+        socket.create_connection((host, int(port)), timeout=probe_timeout_s()).close()
     except (OSError, ValueError) as error:
         raise ValueError(f"{field}: no Ray cluster answers at {address} ({error or type(error).__name__}): check the "
                          f"address and that the cluster is up (`ray status` on its head), or leave it out to run on "
@@ -76,9 +93,9 @@ class NoAnswer(ValueError):
 
 def within_deadline(probe, what: str, seconds: float | None = None):
     """probe()'s result, or a ValueError naming `what` when it has not answered within `seconds` (default
-    PROBE_TIMEOUT_S): a storage or tracking probe that retries without a network (pyarrow's GCS client does, for
+    probe_timeout_s()): a storage or tracking probe that retries without a network (pyarrow's GCS client does, for
     many minutes) must not hang a command. The probe goes on in a daemon thread, which the command's exit abandons."""
-    seconds = PROBE_TIMEOUT_S if seconds is None else seconds
+    seconds = probe_timeout_s() if seconds is None else seconds
     outcome = {}
 
     def run():
@@ -92,7 +109,7 @@ def within_deadline(probe, what: str, seconds: float | None = None):
     thread.join(seconds)
     if thread.is_alive():
         raise NoAnswer(f"{what}: no answer within {seconds:g} s (check the address, the credentials and the "
-                         f"network)")
+                       f"network; {PROBE_TIMEOUT_ENV}=60 waits longer)")
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
@@ -100,7 +117,7 @@ def within_deadline(probe, what: str, seconds: float | None = None):
 
 def check_storage(storage: SweepStorage) -> None:
     """Write and delete a probe file in the storage path (creating the folder, as Ray Tune would), within
-    PROBE_TIMEOUT_S."""
+    probe_timeout_s()."""
     probe = f".gkd-tune-probe-{uuid.uuid4().hex[:8]}"
 
     def write_and_delete():
@@ -114,12 +131,12 @@ def check_storage(storage: SweepStorage) -> None:
 
 
 def read_storage(storage: SweepStorage, read):
-    """read(), a command's first read of a sweep's storage (report, --resume), within PROBE_TIMEOUT_S."""
+    """read(), a command's first read of a sweep's storage (report, --resume), within probe_timeout_s()."""
     return probe_storage(storage, read, "read")
 
 
 def probe_storage(storage: SweepStorage, action, verb: str):
-    """action()'s result within PROBE_TIMEOUT_S; whatever it raises as one line naming storage_path."""
+    """action()'s result within probe_timeout_s(); whatever it raises as one line naming storage_path."""
     try:
         return within_deadline(action, f"storage_path {storage.location}")
     except NoAnswer:
@@ -218,7 +235,7 @@ def check_shared_with_cluster(spec: SweepSpec, mounts: str | None = None) -> Non
 
 def check_tracking(uri: str) -> None:
     """The tracking URI can be used: a sqlite store's folder must exist (MLflow would create it silently), other
-    stores must answer a search within PROBE_TIMEOUT_S."""
+    stores must answer a search within probe_timeout_s()."""
     if uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///"):]).expanduser().resolve().parent
         if not folder.is_dir():
@@ -230,7 +247,7 @@ def check_tracking(uri: str) -> None:
         return
     from mlflow.tracking import MlflowClient
 
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S)}
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(math.ceil(probe_timeout_s()))}
     saved = {name: os.environ.get(name) for name in quick}
     os.environ.update(quick)  # for this probe only: the sweep itself keeps MLflow's retries
     try:

@@ -17,7 +17,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torchvision import models as tv
 
 from .errors import error_line
 from .files import load_checked, save_atomically
@@ -41,9 +40,13 @@ class SplitNet(nn.Module):
 # ------------------------------------------------------------------------ torchvision's nets, CIFAR variants
 
 
-def _torchvision_resnet(builder: Callable[..., tv.ResNet]) -> Callable[[int], SplitNet]:
+# torchvision.models is imported when a net is built: its import (torch._dynamo, through torchvision.ops) costs a
+# second and a half that a command ending on bad input before any net does not wait for.
+def _torchvision_resnet(name: str) -> Callable[[int], SplitNet]:
     def build(num_classes: int) -> SplitNet:
-        net = builder(num_classes=num_classes)
+        from torchvision import models
+
+        net = getattr(models, name)(num_classes=num_classes)
         # 32x32 inputs: a 3x3 stride-1 stem and no max-pool keep the final map at 4x4
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         features = nn.Sequential(net.conv1, net.bn1, net.relu, net.layer1, net.layer2, net.layer3, net.layer4)
@@ -54,7 +57,9 @@ def _torchvision_resnet(builder: Callable[..., tv.ResNet]) -> Callable[[int], Sp
 
 def _mobilenet_v2(width: float) -> Callable[[int], SplitNet]:
     def build(num_classes: int) -> SplitNet:
-        net = tv.mobilenet_v2(num_classes=num_classes, width_mult=width)
+        from torchvision import models
+
+        net = models.mobilenet_v2(num_classes=num_classes, width_mult=width)
         net.features[0][0].stride = (1, 1)
         # the first stride-2 inverted-residual block runs at stride 1 too: 32 / 8 -> a 4x4 final map
         first_downsampling = next(block for block in net.features[1:] if getattr(block, "stride", 1) == 2)
@@ -66,7 +71,9 @@ def _mobilenet_v2(width: float) -> Callable[[int], SplitNet]:
 
 
 def _vgg16_bn(num_classes: int) -> SplitNet:
-    layers = list(tv.vgg16_bn().features)
+    from torchvision import models
+
+    layers = list(models.vgg16_bn().features)
     assert isinstance(layers[-1], nn.MaxPool2d)
     # without the last max-pool the final map is 2x2 x 512; the head is pool + one linear layer
     return SplitNet(nn.Sequential(*layers[:-1]), 512, num_classes)
@@ -166,8 +173,8 @@ def _wide_resnet(depth: int, widen: int) -> Callable[[int], SplitNet]:
 
 
 MODELS: dict[str, Callable[[int], SplitNet]] = {
-    "resnet34": _torchvision_resnet(tv.resnet34),
-    "resnet50": _torchvision_resnet(tv.resnet50),
+    "resnet34": _torchvision_resnet("resnet34"),
+    "resnet50": _torchvision_resnet("resnet50"),
     "vgg16_bn": _vgg16_bn,
     "mobilenet_v2": _mobilenet_v2(1.0),
     "mobilenet_v2_half": _mobilenet_v2(0.5),
