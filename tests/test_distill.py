@@ -64,7 +64,7 @@ def test_vanilla_kd_mixes_ce_and_kd():
 def test_kd_methods_need_a_teacher_and_valid_settings():
     with pytest.raises(ValueError, match="needs a teacher"):
         build_distiller(DistillConfig(method="gompertz"), build_model("resnet8", 3), None)
-    with pytest.raises(ValueError, match="method must be one of student, kd, gompertz"):
+    with pytest.raises(ValueError, match="method must be one of student, kd, dkd, gompertz"):
         DistillConfig(method="fitnet")
 
 
@@ -97,3 +97,21 @@ def test_a_method_is_one_registered_class_that_says_what_it_uses():
     assert config.kd.alpha == 0.3 and config.gompertz.r == 0.2 and config.gompertz.weights.grad == 0.0
     names = [s.name for s in settings(DistillConfig)]
     assert len(names) == len(set(names))
+
+
+def test_dkd_ramps_its_weight_over_the_warmup_then_holds_it():
+    from gkd_tune.core.distillers import DecoupledKD, DKDConfig
+    from gkd_tune.core.distillers.dkd import dkd_terms
+
+    student, teacher = pair()
+    config = DistillConfig(method="dkd", tau=4.0, dkd=DKDConfig(alpha=1.0, beta=8.0, warmup=0.25))
+    distiller = build_distiller(config, student, teacher)
+    assert isinstance(distiller, DecoupledKD)
+    images, labels = batch()
+    with torch.no_grad():
+        _, teacher_logits = teacher(images)
+    for progress, ramp in ((0.0, 0.0), (0.125, 0.5), (0.25, 1.0), (0.9, 1.0)):
+        out = distiller.forward_train(images, labels, progress)
+        tckd, nckd = dkd_terms(out.logits, teacher_logits, labels, 4.0)
+        torch.testing.assert_close(out.total, F.cross_entropy(out.logits, labels) + ramp * (tckd + 8.0 * nckd))
+        assert set(out.terms) == {"ce", "tckd", "nckd"}

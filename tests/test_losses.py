@@ -150,3 +150,37 @@ def test_the_real_heads_take_the_closed_form():
 def test_gradient_matching_rejects_r_outside_unit_interval():
     with pytest.raises(ValueError, match=r"r must be in \[0, 1\]"):
         GradientMatching(2, 2, r=1.5)
+
+
+def reference_dkd(student, teacher, labels, alpha, beta, tau):
+    """DKD as Zhao et al. 2022 (eqs. 1-5) and mdistiller's CIFAR code define it, in probability space: the target
+    and the summed rest as a binary distribution (TCKD), the non-target classes renormalised by masking the target
+    with -1000 before the softmax (NCKD), each KL summed over the batch, divided by its size, times tau^2."""
+    gt = F.one_hot(labels, student.shape[1]).float()
+    p_s, p_t = F.softmax(student / tau, 1), F.softmax(teacher / tau, 1)
+    b_s = torch.stack([(p_s * gt).sum(1), (p_s * (1 - gt)).sum(1)], 1)
+    b_t = torch.stack([(p_t * gt).sum(1), (p_t * (1 - gt)).sum(1)], 1)
+    tckd = F.kl_div(b_s.log(), b_t, reduction="sum") * tau**2 / labels.shape[0]
+    nckd = F.kl_div(F.log_softmax(student / tau - 1000.0 * gt, 1), F.softmax(teacher / tau - 1000.0 * gt, 1),
+                    reduction="sum") * tau**2 / labels.shape[0]
+    return alpha * tckd + beta * nckd
+
+
+@pytest.mark.parametrize("tau", [1.0, 4.0])
+def test_dkd_equals_the_reference_formula(tau):
+    from gkd_tune.core.distillers.dkd import dkd_terms
+
+    torch.manual_seed(0)
+    student, teacher, labels = torch.randn(16, 10, dtype=torch.float64) * 3, torch.randn(16, 10, dtype=torch.float64) * 3, \
+        torch.randint(0, 10, (16,))
+    tckd, nckd = dkd_terms(student, teacher, labels, tau)
+    torch.testing.assert_close(1.0 * tckd + 8.0 * nckd, reference_dkd(student, teacher, labels, 1.0, 8.0, tau))
+    torch.testing.assert_close(tckd, reference_dkd(student, teacher, labels, 1.0, 0.0, tau))
+    # the paper's decomposition, one sample at a time: KD = TCKD + (1 - p_target^T) NCKD
+    for i in range(4):
+        s, t, y = student[i:i + 1], teacher[i:i + 1], labels[i:i + 1]
+        one_tckd, one_nckd = dkd_terms(s, t, y, tau)
+        p_target = F.softmax(t / tau, 1)[0, y[0]]
+        torch.testing.assert_close(kd_loss(s, t, tau), one_tckd + (1 - p_target) * one_nckd)
+    zero = dkd_terms(teacher, teacher, labels, tau)
+    assert all(term.abs() < 1e-9 for term in zero)

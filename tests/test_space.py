@@ -97,7 +97,7 @@ def bad(change):
     ({"resources.gpu": -1}, r"resources.gpu: must be \[0, 64\], got -1"),
     ({"teacher.checkpoint": "/no/such/teacher.pt"}, r"teacher.checkpoint: file /no/such/teacher.pt does not exist"),
     ({"params.seed": {"grid": [0, 1]}}, r"params.seed: a grid cannot be mixed with searched values \(b, tau\)"),
-    ({"params.method": {"grid": ["kd", "fitnet"]}}, r"params.method.grid\[1\]: must be one of student, kd, gompertz"),
+    ({"params.method": {"grid": ["kd", "fitnet"]}}, r"params.method.grid\[1\]: must be one of student, kd, dkd, gompertz"),
     ({"params.inflection": {"uniform": [0.2, 0.5]}, "params.c": 3.0}, r"params.inflection: give c or inflection"),
     ({"params.inflection": {"uniform": [0.2, 1.5]}}, r"params.inflection: values must be \(0, 1\]"),
     ({"params.inflection": 0.5, "params.b": {"uniform": [-1, 1]}}, r"params.b: values must be \(0, 50\], got range \[-1.0, 1.0\]"),

@@ -14,12 +14,14 @@ from ..models import SplitNet
 from ..params import check, setting
 from ..schedules import BetaSchedule
 from .base import Distiller, StepOutput
+from .dkd import DecoupledKD, DKDConfig
 from .gompertz import GompertzConfig, GompertzKD, LossWeights
 from .kd import KDConfig, VanillaKD
 from .student import StudentOnly
 
 # The registry: name -> method. A new method is its file, its line here and (with settings) its Config's line below.
-METHODS: dict[str, type[Distiller]] = {"student": StudentOnly, "kd": VanillaKD, "gompertz": GompertzKD}
+METHODS: dict[str, type[Distiller]] = {"student": StudentOnly, "kd": VanillaKD, "dkd": DecoupledKD,
+                                        "gompertz": GompertzKD}
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class DistillConfig:
     tau: float = setting(4.0, "KD temperature", low=0, above_low=True, high=100, searchable=True)
     schedule: BetaSchedule = field(default_factory=BetaSchedule)  # of the methods whose uses_schedule is True
     kd: KDConfig = field(default_factory=KDConfig)
+    dkd: DKDConfig = field(default_factory=DKDConfig)
     gompertz: GompertzConfig = field(default_factory=GompertzConfig)
 
     def __post_init__(self):
@@ -47,5 +50,5 @@ def build_distiller(config: DistillConfig, student: SplitNet, teacher: SplitNet 
 
 
 
-__all__ = ["METHODS", "DistillConfig", "Distiller", "GompertzConfig", "GompertzKD", "KDConfig", "LossWeights",
+__all__ = ["METHODS", "DKDConfig", "DecoupledKD", "DistillConfig", "Distiller", "GompertzConfig", "GompertzKD", "KDConfig", "LossWeights",
            "StepOutput", "StudentOnly", "VanillaKD", "build_distiller", "distillation_method"]
