@@ -4,7 +4,7 @@
 # not the others', and a call cut short keeps what was done:
 #   1. the real result (at most 330 s): `python -m gkd_tune.train` on the whole of CIFAR-10 (JPEG), a ResNet50
 #      teacher, then MobileNetV2 students alone, with KD and with Gompertz KD, at the fixed values of
-#      search_spaces/gompertz.yaml (batch 512, multistep, student lr 0.04, teacher lr 0.1) and the paper's b=2,
+#      search_spaces/gompertz.yaml (batch 512, multistep, student lr 0.08, teacher lr 0.1) and the paper's b=2,
 #      c=6, beta 0.1..1.0, r=0.5, tau=4; 20 epochs each, 1 seed, validation from the training split, the test split
 #      once at the end. The three students train at once, sharing the GPU (their img/s say so);
 #   2. the CUDA tests (pytest marker `gpu`, at most 150 s);
@@ -50,7 +50,7 @@ stage_real_result() {
         local pids=()
         for method in student kd gompertz; do
             timeout -s INT $((deadline - SECONDS)) "$PYTHON" -m gkd_tune.train "${common[@]}" --student mobilenet_v2 \
-                --method "$method" --lr 0.04 "${teacher[@]}" "${paper[@]}" --out "$work/student-$method" \
+                --method "$method" --lr 0.08 "${teacher[@]}" "${paper[@]}" --out "$work/student-$method" \
                 > "$out/real-$method.log" 2>&1 &
             pids+=($!)
         done

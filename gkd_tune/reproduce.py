@@ -17,33 +17,39 @@ import math
 import re
 import statistics
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import engine
 from .cli import check_output_folder, run_command, shared_options
 from .core.files import REPRODUCTION_FILE
+from .core.distillers import METHODS, DistillConfig, method_settings
 from .core.models import MODELS
+from .core.params import settings
 from .engine import Trials, TuneSettings, evaluate_once
 from .sweep.resume import effective, resume_command
 from .sweep.space import SpaceError, SweepSpec, TrialPlan, parse_space, read_yaml
 from .sweep.storage import SweepStorage
 from .sweep.strategy import COMPLETED
 
-METHODS = ("student", "kd", "gompertz")
-PAPER_COLUMNS = ("teacher", *METHODS)
+# Table 2's columns, the default rows of a configuration without `methods`.
+TABLE2_METHODS = ("student", "kd", "gompertz")
 # The sweep-like sections a configuration shares with a space file (see search_spaces/), and its own keys.
 SHARED_KEYS = ("name", "data", "teacher", "training", "search", "resources", "tracking", "storage_path")
-CONFIG_KEYS = (*SHARED_KEYS, "dataset", "seeds", "pairs", "params", "methods")
-# "Reproduced" when our mean gain of Gompertz over KD is at least this share of the paper's and above its std.
-REPRODUCED_SHARE = 0.5
+CONFIG_KEYS = (*SHARED_KEYS, "dataset", "seeds", "pairs", "params", "methods", "reference", "published_on",
+               "published_by")
+PAIR_KEYS = ("teacher", "student", "params", "paper")
+DISTILL_SETTINGS = {s.name for s in settings(DistillConfig)}
+# A gain is "reproduced" only over at least this many seeds, with both 95% intervals above 0 (see verdict).
+MIN_SEEDS_FOR_VERDICT = 3
 
 
 @dataclass(frozen=True)
 class Pair:
     teacher: str
     student: str
-    paper: dict = field(default_factory=dict)  # the paper's accuracy per column (teacher, student, kd, gompertz)
+    paper: dict = field(default_factory=dict)  # the published accuracy per column (teacher, each method's name)
 
     @property
     def label(self) -> str:
@@ -56,11 +62,20 @@ class Reproduction:
     file: str
     dataset: str
     pairs: tuple[Pair, ...]
-    methods: tuple[str, ...]
+    methods: tuple[str, ...]  # the rows' names: a registered method's, or one of the configuration's own
     seeds: int
     epochs: int
     planned_epochs: int  # the configuration's budget; a smaller --epochs is a reduced-budget run
     specs: dict  # "pair:method" -> the SweepSpec its trials run with
+    reference: str = "gompertz"  # the method every other one is compared with, paired by seed
+    published_on: str | None = None  # the data source the pairs' published values were measured on
+    published_by: str = "the paper"
+    tuned: tuple[str, ...] = ()  # the methods whose parameters come from a sweep (from_sweep)
+
+    @property
+    def published_here(self) -> bool:
+        """Whether the published values were measured on this reproduction's data (else: for layout only)."""
+        return self.published_on == self.any_spec.data.source
 
     def spec(self, pair: int, method: str) -> SweepSpec:
         return self.specs[f"{pair}:{method}"]
@@ -94,32 +109,48 @@ def load_config(path: Path | str, epochs: int | None = None, seeds: int | None =
     if not isinstance(raw.get("pairs"), list) or not raw["pairs"]:
         fail("pairs", "must be a list of {teacher: ARCH, student: ARCH, paper: {...}}")
     pairs = []
+    methods = raw.get("methods") or {m: {} for m in TABLE2_METHODS}
+    if not isinstance(methods, dict):
+        fail("methods", f"must be a mapping of names to parameters (a registered method: {', '.join(METHODS)}, or "
+                        f"a name of your own with `method:`)")
+    for name, values in methods.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            fail(f"methods.{name}", "must be a name of lower-case letters, digits and _")
+        if values is not None and not isinstance(values, dict):
+            fail(f"methods.{name}", "must be a mapping of parameters (as in a space file's params)")
+        method = (values or {}).get("method", name)
+        if method not in METHODS:
+            fail(f"methods.{name}" + (".method" if "method" in (values or {}) else ""),
+                 f"unknown method; allowed: {', '.join(METHODS)} (or a name of your own with `method:`)")
+    columns = ("teacher", *dict.fromkeys([*methods, *METHODS]))  # (a published method that is not run is shown)
+    pairs = []
     for i, item in enumerate(raw["pairs"]):
         where = f"pairs[{i}]"
-        if not isinstance(item, dict) or set(item) - {"teacher", "student", "paper"}:
-            fail(where, "must be {teacher: ARCH, student: ARCH, paper: {teacher, student, kd, gompertz}}")
+        if not isinstance(item, dict) or set(item) - set(PAIR_KEYS):
+            fail(where, f"must be {{teacher: ARCH, student: ARCH, params: {{lr: ...}}, paper: "
+                        f"{{{', '.join(columns)}}}}}")
         for role in ("teacher", "student"):
             if item.get(role) not in MODELS:
                 fail(f"{where}.{role}", f"must be one of {', '.join(MODELS)}, got {item.get(role)!r}")
         paper = item.get("paper") or {}
         if not isinstance(paper, dict):
-            fail(f"{where}.paper", f"must be a mapping of {', '.join(PAPER_COLUMNS)} to accuracies")
+            fail(f"{where}.paper", f"must be a mapping of {', '.join(columns)} to accuracies")
         for column, value in paper.items():
-            if column not in PAPER_COLUMNS:
-                fail(f"{where}.paper.{column}", f"unknown column; allowed: {', '.join(PAPER_COLUMNS)}")
+            if column not in columns:
+                fail(f"{where}.paper.{column}", f"unknown column; allowed: {', '.join(columns)}")
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
                 fail(f"{where}.paper.{column}", f"must be an accuracy in [0, 1], got {value!r}")
+        if not isinstance(item.get("params") or {}, dict):
+            fail(f"{where}.params", "must be a mapping of parameters this pair's methods share (lr, ...)")
         pairs.append(Pair(item["teacher"], item["student"], dict(paper)))
-    methods = raw.get("methods") or {m: {} for m in METHODS}
-    if not isinstance(methods, dict):
-        fail("methods", f"must be a mapping of methods ({', '.join(METHODS)}) to their parameters")
-    for method, values in methods.items():
-        if method not in METHODS:
-            fail(f"methods.{method}", f"unknown method; allowed: {', '.join(METHODS)}")
-        if values is not None and not isinstance(values, dict):
-            fail(f"methods.{method}", "must be a mapping of parameters (as in a space file's params)")
     if not isinstance(raw.get("params") or {}, dict):
         fail("params", "must be a mapping of parameters every method shares (lr, weight_decay, ...)")
+    reference = raw.get("reference", "gompertz" if "gompertz" in methods else next(iter(methods)))
+    if reference not in methods:
+        fail("reference", f"must be one of the methods ({', '.join(methods)}), got {reference!r}")
+    for key in ("published_on", "published_by"):
+        if key in raw and not isinstance(raw[key], str):
+            fail(key, f"must be a text, got {raw[key]!r}")
     training = dict(raw.get("training") or {})
     planned = training.get("max_epochs", 10)
     if epochs is not None:
@@ -128,25 +159,32 @@ def load_config(path: Path | str, epochs: int | None = None, seeds: int | None =
         training["max_epochs"] = epochs
     specs = {}
     for i, pair in enumerate(pairs):
-        for method, own in methods.items():
-            values = {**(raw.get("params") or {}), **(own or {})}  # shared params, then the method's own
+        for name, own in methods.items():
+            own = dict(own or {})
+            method = own.pop("method", name)
+            # shared params, then the pair's (its student's lr), then the method's own
+            values = {**(raw.get("params") or {}), **(raw["pairs"][i].get("params") or {}), **own}
             if "from_sweep" in values:
-                values = {**best_of_sweep(values.pop("from_sweep"), path, f"methods.{method}.from_sweep"), **values}
+                values = {**best_of_sweep(values.pop("from_sweep"), path, f"methods.{name}.from_sweep"), **values}
             space = {key: raw[key] for key in SHARED_KEYS if key in raw}
             space.update(teacher={**(raw.get("teacher") or {}), "arch": pair.teacher}, student=pair.student,
                          training=training, params={**values, "method": method})
             try:
-                specs[f"{i}:{method}"] = parse_space(space, path).with_overrides(storage_path=storage_path,
-                                                                                  tracking_uri=tracking_uri)
-            except SpaceError as error:  # name the configuration's own field: a method's, or the shared params'
+                specs[f"{i}:{name}"] = parse_space(space, path).with_overrides(storage_path=storage_path,
+                                                                                tracking_uri=tracking_uri)
+            except SpaceError as error:  # name the configuration's own field: a method's, a pair's or the shared
                 key = re.match(rf"{re.escape(str(path))}: params\.(\w+)", str(error))
                 message = str(error)
-                if key and key[1] in (own or {}):
-                    message = message.replace(f"{path}: params.", f"{path}: methods.{method}.", 1)
+                if key and key[1] in own:
+                    message = message.replace(f"{path}: params.", f"{path}: methods.{name}.", 1)
+                elif key and key[1] in (raw["pairs"][i].get("params") or {}):
+                    message = message.replace(f"{path}: params.", f"{path}: pairs[{i}].params.", 1)
                 raise ValueError(message) from None
     spec = next(iter(specs.values()))
+    tuned = tuple(name for name, own in methods.items() if "from_sweep" in (own or {}))
     return Reproduction(spec.name, str(path), str(raw.get("dataset", spec.data.source)), tuple(pairs),
-                        tuple(methods), seeds, spec.training.max_epochs, planned, specs)
+                        tuple(methods), seeds, spec.training.max_epochs, planned, specs, reference,
+                        raw.get("published_on"), raw.get("published_by", "the paper"), tuned)
 
 
 def best_of_sweep(where: str, config_file, field_path: str) -> dict:
@@ -331,90 +369,221 @@ def mean_std(values: list[float]) -> tuple[float, float] | None:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+@dataclass(frozen=True)
+class Difference:
+    """A paired difference over seeds: its mean and 95% t-interval (NaN bounds for a single seed)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Difference | None":
+        if not values:
+            return None
+        mean = statistics.fmean(values)
+        if len(values) < 2:
+            return cls(mean, math.nan, math.nan, 1)
+        from scipy.stats import t
+
+        half = t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+        return cls(mean, mean - half, mean + half, len(values))
+
+    def text(self) -> str:
+        if self.n < 2:
+            return f"{self.mean:+.4f} (n=1, no interval)"
+        return f"{self.mean:+.4f} [{self.low:+.4f}, {self.high:+.4f}] n={self.n}"
+
+    @property
+    def above_zero(self) -> bool:
+        return self.n >= 2 and self.low > 0
+
+    @property
+    def below_zero(self) -> bool:
+        return self.n >= 2 and self.high < 0
+
+
+def paired_difference(rows: list[dict], pair_label: str, first: str, second: str) -> Difference | None:
+    """first - second, test accuracy at the last epoch, over the seeds both completed."""
+    a, b = final_accuracies(rows, pair_label, first), final_accuracies(rows, pair_label, second)
+    return Difference.of([a[seed] - b[seed] for seed in sorted(set(a) & set(b))])
+
+
+def inconsistencies(pair: Pair) -> list[str]:
+    """What in a pair's published row contradicts itself: KD below its own student alone (distillation that only
+    hurts), a teacher below the student trained alone (a teacher the student's architecture beats without it).
+    Such a row is flagged and never enters a verdict. (A distilled student above its teacher is no contradiction.)"""
+    paper, problems = pair.paper, []
+    if "student" in paper:
+        if "kd" in paper and paper["kd"] < paper["student"]:
+            problems.append(f"KD ({paper['kd']:.4f}) below its student alone ({paper['student']:.4f})")
+        if "teacher" in paper and paper["teacher"] < paper["student"]:
+            problems.append(f"the teacher ({paper['teacher']:.4f}) below the student alone ({paper['student']:.4f})")
+    return problems
+
+
 def table_markdown(reproduction: Reproduction, rows: list[dict], teacher_test: dict) -> str:
-    spec = reproduction.any_spec
+    spec, reference = reproduction.any_spec, reproduction.reference
     reduced = reproduction.epochs < reproduction.planned_epochs
     training = TrialPlan.resolve(spec, {}).train
-    recipe = (f"lr {training.lr}, batch {training.batch_size}, {training.lr_schedule}; teacher "
-              f"{spec.teacher.recipe.epochs} epochs")
-    lines = [f"# {reproduction.name}: Table 2 on {reproduction.dataset}",
+    teacher = spec.teacher.recipe
+    names = {name: name for name in reproduction.methods} | {"student": "student alone", "kd": "KD", "dkd": "DKD",
+                                                              "gompertz": "Gompertz"}
+    held_out = spec.data.val_fraction
+    published = reproduction.published_by
+    lines = [f"# {reproduction.name}: {reproduction.dataset}",
              "",
              f"Test accuracy at the last epoch, mean +- std over {reproduction.seeds} seed(s); "
-             f"{reproduction.epochs} epochs ({recipe})"
+             f"{reproduction.epochs} epochs ({lr_text(reproduction)}, batch {training.batch_size}, "
+             f"{training.lr_schedule})"
              + (f". **Reduced budget**: {reproduction.epochs} of the configuration's {reproduction.planned_epochs} "
                 f"epochs." if reduced else "."),
-             "Paper values in brackets (single runs, budget not stated). Test split evaluated once per trial, after "
-             "its last epoch.",
-             "",
-             "| teacher -> student | teacher | student alone | KD | Gompertz | Gompertz - KD |",
-             "|---|---|---|---|---|---|"]
+             f"Each teacher is trained once ({teacher.epochs} epochs, lr {teacher.lr}, batch {teacher.batch_size}, "
+             f"seed {teacher.seed}) and shared by every seed: the +- holds no teacher variance. Students train on "
+             f"{1 - held_out:.0%} of the training set ({held_out:.0%} held out for validation); the test split is "
+             f"evaluated once per trial, after its last epoch.",
+             (f"Published values in brackets ({published})." if reproduction.published_here else
+              f"Published values in brackets ({published}), measured on {reproduction.published_on}, not on this "
+              f"data: for layout only." if reproduction.published_on else
+              f"Published values in brackets ({published}), for layout only (the configuration names no "
+              f"`published_on`)."),
+             ]
+    if reproduction.tuned:
+        untuned = [names[m] for m in reproduction.methods if m not in reproduction.tuned and m != "student"]
+        lines.append(f"Tuned on validation (from_sweep): {', '.join(names[m] for m in reproduction.tuned)} only"
+                     + (f"; {', '.join(untuned)} use fixed recipes." if untuned else "."))
+    lines += ["", "| teacher -> student | teacher | " + " | ".join(names[m] for m in reproduction.methods) + " |",
+              "|---" * (2 + len(reproduction.methods)) + "|"]
 
     def cell(value: tuple[float, float] | None, paper: float | None) -> str:
         ours = f"{value[0]:.4f} +- {value[1]:.4f}" if value else "-"
         return ours + (f" ({paper:.4f})" if paper is not None else "")
 
-    gains, paper_gains = [], []
+    flagged = []
     for pair in reproduction.pairs:
-        teacher = teacher_test.get(pair.teacher)
-        values = {m: final_accuracies(rows, pair.label, m) for m in METHODS}
-        both = sorted(set(values["kd"]) & set(values["gompertz"]))
-        differences = [values["gompertz"][s] - values["kd"][s] for s in both]  # paired by seed
-        gain = mean_std(differences)
-        if gain:
-            gains.extend(differences)
-        paper_gain = (pair.paper["gompertz"] - pair.paper["kd"]) if {"kd", "gompertz"} <= set(pair.paper) else None
-        if paper_gain is not None:
-            paper_gains.append(paper_gain)
+        measured = teacher_test.get(pair.teacher)
+        problems = inconsistencies(pair)
+        if problems:
+            flagged.append(f"{pair.label}: {'; '.join(problems)}")
         lines.append(" | ".join([
-            f"| {pair.label}",
-            (f"{teacher['test_acc']:.4f}" if teacher else "-") + (f" ({pair.paper['teacher']:.4f})"
-                                                                  if "teacher" in pair.paper else ""),
-            *(cell(mean_std(list(values[m].values())), pair.paper.get(m)) for m in METHODS),
-            (f"{gain[0]:+.4f} +- {gain[1]:.4f}" if gain else "-") + (f" ({paper_gain:+.4f})"
-                                                                   if paper_gain is not None else "")]) + " |")
+            f"| {pair.label}" + (" (!)" if problems else ""),
+            (f"{measured['test_acc']:.4f}" if measured else "-")
+            + (f" ({pair.paper['teacher']:.4f})" if "teacher" in pair.paper else ""),
+            *(cell(mean_std(list(final_accuracies(rows, pair.label, m).values())), pair.paper.get(m))
+              for m in reproduction.methods)]) + " |")
+    if flagged:
+        lines += ["", "(!) The published row contradicts itself, so it is left out of any verdict: "
+                      + "; ".join(flagged) + "."]
+
+    others = [m for m in reproduction.methods if m != reference]
+    lines += ["", f"Paired differences by seed, {names[reference]} minus each method: mean [95% t-interval] n "
+                  f"(above 0: {names[reference]} better; below: worse; across 0: no difference shown).", "",
+              "| teacher -> student | " + " | ".join(f"{names[reference]} - {names[m]}" for m in others) + " |",
+              "|---" * (1 + len(others)) + "|"]
+    for pair in reproduction.pairs:
+        differences = [paired_difference(rows, pair.label, reference, m) for m in others]
+        lines.append(f"| {pair.label} | " + " | ".join(
+            (d.text() + (" better" if d.above_zero else " worse" if d.below_zero else "")) if d else "-"
+            for d in differences) + " |")
     missing = [f"{row['pair']} {row['method']} seed {row['seed']}: {row['outcome']}" for row in rows
                if row["outcome"] != COMPLETED and row["epoch"] == max(r["epoch"] for r in rows
                                                                        if r["trial_id"] == row["trial_id"])]
-    lines += ["", verdict(reproduction, gains, paper_gains)]
+    lines += ["", *verdict(reproduction, rows)]
     if missing:
         lines += ["", "Left out of the means (not completed): " + "; ".join(missing)]
     return "\n".join(lines) + "\n"
 
 
-def verdict(reproduction: Reproduction, gains: list[float], paper_gains: list[float]) -> str:
-    """One plain sentence: is the paper's gain of Gompertz over KD reproduced on this dataset, at this budget?"""
-    budget = f"at {reproduction.epochs} epochs and {reproduction.seeds} seed(s)"
-    if not gains:
-        return f"On {reproduction.dataset}, no pair has both KD and Gompertz results {budget}: nothing to compare."
-    ours = mean_std(gains)
-    paper = statistics.fmean(paper_gains) if paper_gains else None
-    said = f"the paper reports {paper * 100:+.1f} points" if paper is not None else "the paper gives no values"
-    measured = f"we measure {ours[0] * 100:+.1f} +- {ours[1] * 100:.1f} points (Gompertz - KD, over pairs and seeds)"
-    if paper is None or paper <= 0:
-        result = "there is no paper gain to compare with"
-    elif ours[0] >= REPRODUCED_SHARE * paper and ours[0] > ours[1]:
-        result = "the paper's gain is reproduced"
-    elif ours[0] > ours[1]:
-        result = "Gompertz beats KD, but by less than half the paper's gain: reproduced in direction only"
-    else:
-        result = "the paper's gain is not reproduced"
-    return (f"On {reproduction.dataset} {budget}, {said} and {measured}: {result} (reproduced: our mean gain is at "
-            f"least {REPRODUCED_SHARE:.0%} of the paper's and above its std).")
+def lr_text(reproduction: Reproduction) -> str:
+    """'lr 0.1', or the lr of each student where the pairs give their own."""
+    rates = {pair.student: reproduction.spec(i, reproduction.reference).fixed()["lr"]
+             for i, pair in enumerate(reproduction.pairs)}
+    if len(set(rates.values())) == 1:
+        return f"lr {next(iter(rates.values()))}"
+    return "lr " + ", ".join(f"{rate} for {student}" for student, rate in rates.items())
+
+
+VERDICT_RULE = (f"Rule: a pair's gain is reproduced when, over at least {MIN_SEEDS_FOR_VERDICT} seeds, the 95% "
+                f"t-intervals of Gompertz - KD and of Gompertz - student alone (paired by seed) both lie above 0, on "
+                f"the data the published values were measured on; a pair whose published row contradicts itself is "
+                f"left out, and pairs are never pooled.")
+
+
+def verdict(reproduction: Reproduction, rows: list[dict]) -> list[str]:
+    """Per pair, whether the published gain of Gompertz over both KD and the student alone is reproduced, with the
+    rule; nothing where the reproduction cannot say (other data, no KD or student rows, a method other than
+    Gompertz as the reference)."""
+    if reproduction.reference != "gompertz" or not {"kd", "student"} <= set(reproduction.methods):
+        return []
+    if not reproduction.published_here:
+        where = f"on {reproduction.published_on}" if reproduction.published_on else "elsewhere"
+        return [f"No verdict: the published values were measured {where}, this run is on "
+                f"{reproduction.any_spec.data.source}."]
+    lines, reproduced, comparable = ["Verdict per pair:", ""], 0, 0
+    for pair in reproduction.pairs:
+        over_kd = paired_difference(rows, pair.label, "gompertz", "kd")
+        over_student = paired_difference(rows, pair.label, "gompertz", "student")
+        n = min(d.n if d else 0 for d in (over_kd, over_student))
+        if not {"gompertz", "kd", "student"} <= set(pair.paper):
+            said = "no published values to compare with"
+        elif inconsistencies(pair):
+            said = "left out: the published row contradicts itself (!)"
+        elif n < MIN_SEEDS_FOR_VERDICT:
+            comparable += 1
+            said = f"no verdict: n = {n} seed(s), fewer than {MIN_SEEDS_FOR_VERDICT}"
+        else:
+            comparable += 1
+            if over_kd.above_zero and over_student.above_zero:
+                reproduced += 1
+                said = "reproduced: Gompertz above both KD and the student alone"
+            elif over_kd.mean > 0 and over_student.mean > 0:
+                said = "direction only: Gompertz ahead of both, but an interval reaches 0"
+            else:
+                said = "not reproduced"
+        lines.append(f"- {pair.label}: {said}.")
+    lines += ["", f"Reproduced on {reproduced} of {comparable} comparable pair(s) at {reproduction.epochs} epochs."
+              if comparable else "No pair has consistent published values for Gompertz, KD and the student alone.",
+              VERDICT_RULE]
+    return lines
 
 
 def radar(reproduction: Reproduction, rows: list[dict]):
-    """The paper's Figure 2: one axis per pair, KD and Gompertz, ours (mean over seeds) and the paper's."""
+    """The paper's Figure 2, one axis per pair, KD and Gompertz, ours (mean over seeds) and the published: with at
+    least 3 pairs. With fewer, a radar is dots on a line: a bar chart per pair, every method, ours with its std."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = [pair.label for pair in reproduction.pairs]
+    if len(labels) < 3:
+        figure, axes = plt.subplots(figsize=(2 + 1.6 * len(reproduction.methods) * len(labels), 4))
+        width = 0.8 / len(reproduction.methods)
+        for j, method in enumerate(reproduction.methods):
+            stats = [mean_std(list(final_accuracies(rows, p.label, method).values())) or (math.nan, 0.0)
+                     for p in reproduction.pairs]
+            places = [i + j * width for i in range(len(labels))]
+            bars = axes.bar(places, [s[0] for s in stats], width, yerr=[s[1] for s in stats], capsize=3, label=method)
+            axes.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+            published = [p.paper.get(method, math.nan) for p in reproduction.pairs]
+            axes.plot(places, published, "kx", label="published" if j == 0 else None)
+        axes.set_xticks([i + width * (len(reproduction.methods) - 1) / 2 for i in range(len(labels))], labels)
+        axes.set(ylabel="test accuracy", ylim=(0, 1.08),
+                 title=f"{reproduction.dataset}\ntest accuracy at epoch {reproduction.epochs}, mean +- std over "
+                       f"{reproduction.seeds} seed(s)")
+        axes.title.set_fontsize(10)
+        axes.legend(fontsize=7, loc="lower right")
+        figure.tight_layout()
+        plt.close(figure)
+        return figure
     angles = [2 * math.pi * i / len(labels) for i in range(len(labels))]
     figure = plt.figure(figsize=(6.5, 6))
     axes = figure.add_subplot(projection="polar")
     for method, color in (("kd", "tab:blue"), ("gompertz", "tab:red")):
-        for source, style in (("ours", "-"), ("paper", "--")):
+        if method not in reproduction.methods:
+            continue
+        for source, style in (("ours", "-"), ("published", "--")):
             if source == "ours":
                 values = [(mean_std(list(final_accuracies(rows, p.label, method).values())) or (math.nan,))[0]
                           for p in reproduction.pairs]
@@ -448,7 +617,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="folder for table.md, runs.parquet, radar.png (default "
                                                  "reproductions/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted reproduction")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the configuration, the data and this machine, print every method's settings per "
+                             "pair; train nothing")
     return parser
+
+
+def describe(reproduction: Reproduction) -> str:
+    """Each method's settings as its trials run them (a pair's own lr included), for --dry-run."""
+    lines = []
+    for i, pair in enumerate(reproduction.pairs):
+        lines.append(f"{pair.label}" + (f"  (published: {', '.join(f'{k} {v:.4f}' for k, v in pair.paper.items())})"
+                                        if pair.paper else ""))
+        def read(name: str) -> dict:
+            values = reproduction.spec(i, name).fixed()
+            wanted = set(method_settings(values["method"]))
+            return {k: v for k, v in values.items() if k in wanted or k not in DISTILL_SETTINGS}
+
+        reference = read(reproduction.reference)
+        for name in reproduction.methods:
+            values = read(name)
+            if name != reproduction.reference:  # what sets it apart
+                values = {k: v for k, v in values.items() if reference.get(k, object()) != v}
+            text = ", ".join(f"{k}={v}" for k, v in values.items())
+            lines += textwrap.wrap(text, 120, initial_indent=f"  {name:<16}", subsequent_indent=" " * 18)
+    verdict_note = ("compared with the published values" if reproduction.published_here else
+                    "published values for layout only, no verdict" if reproduction.published_on else
+                    "no published values")
+    lines.append(f"reference {reproduction.reference}: every other method shows what sets it apart, and its paired "
+                 f"difference is against it; {verdict_note}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -463,8 +661,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduction {reproduction.name} ({reproduction.file}): {len(reproduction.pairs)} pair(s) x "
               f"{len(reproduction.methods)} method(s) x {reproduction.seeds} seed(s) = {len(reproduction.cells())} "
               f"trials of {reproduction.epochs} epochs on {reproduction.any_spec.data.source}", flush=True)
+        if args.dry_run:
+            print(describe(reproduction), flush=True)
         check_before_ray(reproduction.any_spec, args.address)
-        return engine.run(ReproductionTrials(reproduction, args))
+        return 0 if args.dry_run else engine.run(ReproductionTrials(reproduction, args))
 
     # Ctrl-C reaches here only before the trials start: Tune handles it once they run
     return run_command(reproduce, args.debug, lambda: "interrupted before any trial started; nothing to resume")

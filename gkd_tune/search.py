@@ -192,9 +192,10 @@ def evaluate_top_trials(top: list, spec: SweepSpec, tracker) -> None:
 
 
 def report_rank_correlations(results, spec: SweepSpec, tracker, scheduler) -> None:
-    """For the full-budget trials (the first K created): Spearman's rank correlation
-    between val metric at each rung and at max_epochs, printed and logged as rung_spearman_e<epoch>."""
-    from .sweep.strategy import SPEARMAN_WARNING, build_scheduler, rank_correlations
+    """For the full-budget trials (the first K created): Spearman's rank correlation between the val metric at each
+    rung and at max_epochs, with n and its 95% interval, printed and logged (rung_spearman_e<epoch>,
+    rung_spearman_low_e / _high_e / _n_e<epoch>)."""
+    from .sweep.strategy import build_scheduler, rank_correlations
 
     metric, max_t = spec.search.metric, spec.training.max_epochs
     rungs = (scheduler or build_scheduler(spec)).rung_epochs  # --resume: the same rungs, rebuilt
@@ -209,12 +210,17 @@ def report_rank_correlations(results, spec: SweepSpec, tracker, scheduler) -> No
             histories.append(dict(zip(frame["epoch"].astype(int), frame[metric].astype(float))))
     correlations = rank_correlations(histories, rungs, max_t)
     complete = sum(max_t in h for h in histories)
-    print(f"\nEarly-stopping fidelity over {complete} full-budget trials ({metric}, Spearman, rung vs epoch {max_t}):")
-    for epoch, rho in correlations.items():
-        low = rho < SPEARMAN_WARNING
-        print(f"  epoch {epoch:>4}: {rho:+.2f}" + ("  warning: ASHA's ranking at this rung is unreliable for this "
-                                                  "space" if low else ""))
-    tracker.log_sweep_metrics({f"rung_spearman_e{e}": rho for e, rho in correlations.items() if math.isfinite(rho)})
+    print(f"\nEarly-stopping fidelity over {complete} full-budget trials ({metric}, Spearman, rung vs epoch {max_t}; "
+          f"95% interval):")
+    logged = {}
+    for epoch, fidelity in correlations.items():
+        judgement = fidelity.judgement()
+        print(f"  epoch {epoch:>4}: {fidelity.text()}" + (f"  {judgement}" if judgement else ""))
+        low, high = fidelity.interval
+        logged.update({f"rung_spearman_{key}e{epoch}": value for key, value in
+                       (("", fidelity.rho), ("low_", low), ("high_", high)) if math.isfinite(value)})
+        logged[f"rung_spearman_n_e{epoch}"] = fidelity.n
+    tracker.log_sweep_metrics(logged)
 
 
 def main(argv: list[str] | None = None) -> int:

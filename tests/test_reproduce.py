@@ -13,22 +13,41 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((ROOT / "reproduce" / "smoke.yaml").read_text())
 
 
-def test_the_shipped_configurations_load_with_the_papers_numbers():
+def test_the_shipped_configurations_load_with_the_published_numbers():
     for name, pairs in (("table2-cifar10", 4), ("table2-cifar100", 4), ("smoke", 1)):
         config = reproduce.load_config(ROOT / "reproduce" / f"{name}.yaml")
         assert len(config.pairs) == pairs and config.methods == ("student", "kd", "gompertz")
         assert all(set(p.paper) == {"teacher", "student", "kd", "gompertz"} for p in config.pairs)
+        assert config.published_here == (name != "smoke")  # smoke runs on digits: the values are for layout only
     cifar10 = reproduce.load_config(ROOT / "reproduce" / "table2-cifar10.yaml", epochs=30, seeds=2)
     assert (cifar10.epochs, cifar10.planned_epochs, cifar10.seeds, len(cifar10.cells())) == (30, 240, 2, 24)
     mbv2 = cifar10.pairs[2]
     assert (mbv2.label, mbv2.paper["kd"], mbv2.paper["gompertz"]) == ("resnet50 -> mobilenet_v2", 0.9145, 0.9574)
-    assert cifar10.spec(2, "kd").fixed()["tau"] == 4.0 and cifar10.spec(2, "gompertz").fixed()["lr"] == 0.04
+    # the KD benchmarks' lr at batch 64 (0.05; MobileNetV2 0.01), x8 for batch 512, per student, every method
+    assert [cifar10.spec(i, m).fixed()["lr"] for i in range(4) for m in ("student", "gompertz")] == \
+        [0.4, 0.4, 0.4, 0.4, 0.08, 0.08, 0.08, 0.08]
+    assert cifar10.spec(2, "kd").fixed()["tau"] == 4.0
+    benchmark = reproduce.load_config(ROOT / "reproduce" / "kd-benchmark-cifar100.yaml")
+    assert benchmark.methods == ("student", "kd", "dkd", "gompertz") and benchmark.published_here
+    assert benchmark.pairs[0].paper == {"teacher": 0.7942, "student": 0.7250, "kd": 0.7333, "dkd": 0.7632}
+    recipe = benchmark.spec(0, "dkd").fixed()
+    assert (recipe["lr"], recipe["weight_decay"], recipe["dkd_beta"]) == (0.05, 0.0005, 8.0)
+    assert benchmark.any_spec.training.batch_size == 64 and benchmark.epochs == 240
+    ablations = reproduce.load_config(ROOT / "reproduce" / "ablations.yaml")
+    assert ablations.reference == "gompertz" and not ablations.published_on and len(ablations.methods) == 11
+    assert ablations.spec(0, "no_grad").fixed()["w_grad"] == 0.0 and ablations.spec(0, "no_grad").fixed()["method"] \
+        == "gompertz"
+    assert ablations.spec(0, "mirrored").fixed()["schedule"] == "gompertz_decay"
 
 
 @pytest.mark.parametrize("change, message", [
     ({"pairs": [{"teacher": "resnet500", "student": "resnet8"}]}, r"pairs\[0\].teacher: must be one of resnet34,"),
     ({"pairs": []}, r"pairs: must be a list"),
-    ({"methods": {"fitnet": {}}}, r"methods.fitnet: unknown method; allowed: student, kd, gompertz"),
+    ({"methods": {"fitnet": {}}}, r"methods.fitnet: unknown method; allowed: student, kd, dkd, gompertz \(or a name"),
+    ({"methods": {"mine": {"method": "fitnet"}}}, r"methods.mine.method: unknown method; allowed: student, kd, dkd"),
+    ({"reference": "dkd"}, r"reference: must be one of the methods \(gompertz, kd, student\), got 'dkd'"),
+    ({"pairs": [{"teacher": "resnet14", "student": "resnet8", "params": {"lr": -1}}]},
+     r"pairs\[0\].params.lr: must be"),
     ({"methods": {"kd": {"tau": -1}}}, r"methods.kd.tau: must be \(0, 100\], got -1"),
     ({"pairs": [{"teacher": "resnet8", "student": "resnet8", "paper": {"kd": 91.45}}]},
      r"pairs\[0\].paper.kd: must be an accuracy in \[0, 1\], got 91.45"),
@@ -90,15 +109,20 @@ def test_a_smoke_reproduction_writes_a_table_that_the_parquet_rows_recompute(tmp
     last = {(r["method"], r["seed"]): r for r in rows if r["epoch"] == 2}
     assert all(r["test_acc"] is None for r in rows if r["epoch"] == 1)
 
-    row = next(line for line in table.splitlines() if line.startswith("| resnet8 -> resnet8"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    for column, method in zip(cells[2:5], ("student", "kd", "gompertz")):
+    accuracy_row, difference_row = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+                                     if line.startswith("| resnet8 -> resnet8")]
+    for column, method in zip(accuracy_row[2:], methods):  # the configuration's order
         values = [last[(method, s)]["test_acc"] for s in (0, 1)]
         assert column.startswith(f"{statistics.fmean(values):.4f} +- {statistics.stdev(values):.4f} (")
-    gains = [last[("gompertz", s)]["test_acc"] - last[("kd", s)]["test_acc"] for s in (0, 1)]
-    assert cells[5].startswith(f"{statistics.fmean(gains):+.4f} +- {statistics.stdev(gains):.4f} (+0.0429)")
+    for column, method in zip(difference_row[1:], [m for m in methods if m != "gompertz"]):
+        differences = [last[("gompertz", s)]["test_acc"] - last[(method, s)]["test_acc"] for s in (0, 1)]
+        half = 12.7062 * statistics.stdev(differences) / 2 ** 0.5  # t(0.975, 1 degree of freedom)
+        mean = statistics.fmean(differences)
+        assert column.startswith(f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}] n=2"), column
     assert "2 epochs" in table and "Reduced budget**: 2 of the configuration's 3 epochs" in table
-    assert re.search(r"On digits \(smoke test\) at 2 epochs and 2 seed\(s\), the paper reports \+4.3 points", table)
+    # the paper's CIFAR-10 values beside a digits run: for layout only, and no verdict
+    assert "measured on cifar10, not on this data: for layout only" in table
+    assert "No verdict: the published values were measured on cifar10, this run is on digits." in table
 
     client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
     runs = client.search_runs([client.get_experiment_by_name("table2-smoke").experiment_id])
@@ -112,7 +136,8 @@ def test_a_smoke_reproduction_writes_a_table_that_the_parquet_rows_recompute(tmp
 
     assert (out / "radar.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     figure = reproduce.radar(reproduce.load_config(tmp_path / "smoke.yaml"), rows)
-    assert len(figure.axes[0].get_xticks()) == 1  # one axis per pair
+    # one pair: a bar per method, not a one-axis radar
+    assert figure.axes[0].name == "rectilinear" and len(figure.axes[0].patches) == 3
 
     # --resume with an edited configuration or other options is refused, writing nothing
     edited = tmp_path / "edited.yaml"
@@ -136,3 +161,102 @@ def test_a_smoke_reproduction_writes_a_table_that_the_parquet_rows_recompute(tmp
         if "mlflow.parentRunId" in run.data.tags:
             assert len(client.get_metric_history(run.info.run_id, "test_acc")) == 1
             assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
+
+
+def rows_for(reproduction, accuracies: dict) -> list[dict]:
+    """The last-epoch rows of a finished grid: accuracies[(pair index, method)] = one test accuracy per seed."""
+    return [{"pair": reproduction.pairs[i].label, "method": method, "seed": seed, "epoch": 1,
+             "trial_id": f"{i}{method}{seed}", "test_acc": value, "outcome": "completed"}
+            for (i, method), values in accuracies.items() for seed, value in enumerate(values)]
+
+
+def table2_like(tmp_path, seeds: int, paper: dict, source="digits", published_on="digits"):
+    config = {**SMOKE, "seeds": seeds, "published_on": published_on, "data": {"source": source, "val_fraction": 0.1},
+              "pairs": [{"teacher": "resnet14", "student": "resnet8", "paper": paper}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    return reproduce.load_config(tmp_path / "c.yaml")
+
+
+CONSISTENT = {"teacher": 0.95, "student": 0.90, "kd": 0.91, "gompertz": 0.93}
+
+
+def test_the_paired_interval_is_a_t_interval_over_seeds():
+    difference = reproduce.Difference.of([0.02, 0.03, 0.04])
+    half = 4.302653 * 0.01 / 3 ** 0.5  # t(0.975, 2 degrees of freedom) * sd / sqrt(n)
+    assert difference.n == 3 and abs(difference.mean - 0.03) < 1e-12
+    assert abs(difference.low - (0.03 - half)) < 1e-6 and abs(difference.high - (0.03 + half)) < 1e-6
+    assert difference.text() == f"+0.0300 [{0.03 - half:+.4f}, {0.03 + half:+.4f}] n=3" and difference.above_zero
+    single = reproduce.Difference.of([0.05])
+    assert single.text() == "+0.0500 (n=1, no interval)" and not single.above_zero
+
+
+def test_the_verdict_needs_three_seeds_and_both_intervals_above_zero(tmp_path):
+    two = table2_like(tmp_path, 2, CONSISTENT)
+    rows = rows_for(two, {(0, "student"): [0.80, 0.81], (0, "kd"): [0.85, 0.86], (0, "gompertz"): [0.95, 0.96]})
+    said = "\n".join(reproduce.verdict(two, rows))
+    assert "no verdict: n = 2 seed(s), fewer than 3" in said and "reproduced:" not in said
+    assert reproduce.VERDICT_RULE in said
+
+    three = table2_like(tmp_path, 3, CONSISTENT)
+    gains = {(0, "student"): [0.80, 0.81, 0.82], (0, "kd"): [0.85, 0.86, 0.85], (0, "gompertz"): [0.95, 0.96, 0.95]}
+    said = "\n".join(reproduce.verdict(three, rows_for(three, gains)))
+    assert "reproduced: Gompertz above both KD and the student alone" in said
+    assert "Reproduced on 1 of 1 comparable pair(s)" in said
+    # ahead of KD but not of the student alone: never a gain
+    behind = {**gains, (0, "student"): [0.96, 0.97, 0.96]}
+    assert "not reproduced" in "\n".join(reproduce.verdict(three, rows_for(three, behind)))
+    # ahead on average, but one interval reaches 0
+    noisy = {**gains, (0, "kd"): [0.97, 0.85, 0.90]}
+    assert "direction only" in "\n".join(reproduce.verdict(three, rows_for(three, noisy)))
+
+
+def test_an_inconsistent_published_row_is_flagged_and_left_out(tmp_path):
+    # the paper's CIFAR-10 VGG16 row: KD below its student alone, the teacher below the student alone
+    vgg = {"teacher": 0.8466, "student": 0.9121, "kd": 0.6991, "gompertz": 0.9399}
+    three = table2_like(tmp_path, 3, vgg)
+    rows = rows_for(three, {(0, "student"): [0.80, 0.81, 0.82], (0, "kd"): [0.85, 0.86, 0.85],
+                            (0, "gompertz"): [0.95, 0.96, 0.95]})
+    table = reproduce.table_markdown(three, rows, {})
+    assert "| resnet14 -> resnet8 (!) |" in table
+    assert "KD (0.6991) below its student alone (0.9121)" in table
+    assert "the teacher (0.8466) below the student alone (0.9121)" in table
+    assert "left out: the published row contradicts itself" in table and "reproduced:" not in table
+    assert "No pair has consistent published values" in table
+
+
+def test_no_verdict_where_the_published_values_are_for_other_data(tmp_path):
+    """The smoke reproduction: digits, against the paper's CIFAR-10 values."""
+    three = table2_like(tmp_path, 3, CONSISTENT, published_on="cifar10")
+    rows = rows_for(three, {(0, "student"): [0.80, 0.81, 0.82], (0, "kd"): [0.85, 0.86, 0.85],
+                            (0, "gompertz"): [0.95, 0.96, 0.95]})
+    table = reproduce.table_markdown(three, rows, {})
+    assert "for layout only" in table and "No verdict: the published values were measured on cifar10" in table
+    assert "reproduced" not in table.lower().replace("no verdict", "")
+    # the differences table still shows each paired interval, with its n
+    assert re.search(r"\| resnet14 -> resnet8 \| \+0\.\d{4} \[\+0\.\d{4}, \+0\.\d{4}\] n=3 better \|", table), table
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ablations", "kd-benchmark-cifar100"])
+def test_the_new_configurations_run_one_epoch_on_digits_to_a_table(tmp_path, monkeypatch, name):
+    """Each shipped configuration as it is (its methods, reference, published values), on digits for 1 epoch, 1 seed,
+    with small nets on a CPU: it ends with its table."""
+    monkeypatch.chdir(tmp_path)
+    config = yaml.safe_load((ROOT / "reproduce" / f"{name}.yaml").read_text())
+    config.update(data={"source": "digits", "val_fraction": 0.1}, teacher={"epochs": 1, "batch_size": 128},
+                  training={"max_epochs": 1, "batch_size": 128}, seeds=1, resources={"cpu": 1, "gpu": 0},
+                  search={"max_concurrent_trials": 2}, tracking={"uri": f"sqlite:///{tmp_path}/m.db"},
+                  storage_path=str(tmp_path / "runs"),
+                  pairs=[{**config["pairs"][0], "teacher": "resnet14", "student": "resnet8"}])
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert reproduce.main(["--config", str(tmp_path / "c.yaml"), "--dry-run"]) == 0
+    assert reproduce.main(["--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "table.md").read_text()
+    methods = list(config["methods"])
+    header = next(line for line in table.splitlines() if line.startswith("| teacher -> student | teacher |"))
+    assert header.count("|") == len(methods) + 3
+    differences = [line for line in table.splitlines() if line.startswith("| resnet14 -> resnet8 |")][-1]
+    assert differences.count("(n=1, no interval)") == len(methods) - 1  # one seed: every difference, no interval
+    assert "Left out of the means" not in table  # every trial completed
+    if name == "kd-benchmark-cifar100":  # published on CIFAR-100: shown for layout only, no verdict on digits
+        assert "(0.7632)" in table and "No verdict: the published values were measured on cifar100" in table

@@ -73,9 +73,9 @@ def test_quickstart_sweep_interrupted_then_killed_then_resumed(tmp_path):
     """The README's quickstart, stopped with Ctrl-C mid-sweep, continued with --resume, its driver killed (kill -9:
     nothing closes its runs), and continued again."""
     db, storage = tmp_path / "mlflow.db", tmp_path / "runs"
-    # 6 of the quickstart's 8 trials: the suite's time; nothing here depends on the count
+    # the quickstart's 8 trials: its first 4 run the whole budget, so ASHA judges 4
     argv = [sys.executable, "-m", "gkd_tune.search", "--space", str(QUICKSTART), "--storage-path", str(storage),
-            "--tracking-uri", f"sqlite:///{db}", "--num-samples", "6"]
+            "--tracking-uri", f"sqlite:///{db}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
 
     def start_then_signal(extra: list[str], checkpoints: int, signal_number: int, log_name: str,
@@ -114,7 +114,8 @@ def test_quickstart_sweep_interrupted_then_killed_then_resumed(tmp_path):
 
     resumed = subprocess.run(argv + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "6 trials: " in resumed.stdout and "best student:" in resumed.stdout and "mlflow ui" in resumed.stdout
+    assert "8 trials: " in resumed.stdout and "best student:" in resumed.stdout and "mlflow ui" in resumed.stdout
+    assert "Early-stopping fidelity over 4 full-budget trials" in resumed.stdout
     assert all(f"trial {t}: its checkpoint in the saved sweep state was deleted" in resumed.stdout for t in lost)
     assert "0 failed" in resumed.stdout, resumed.stdout[-3000:]
 
@@ -127,7 +128,7 @@ def test_quickstart_sweep_interrupted_then_killed_then_resumed(tmp_path):
          for r in children], resumed.stdout[-3000:])
     children = [r for r in children if r.info.status == "FINISHED"]
     trial_ids = [r.data.tags["gkd_tune.trial_id"] for r in children]
-    assert len(children) == 6 and len(set(trial_ids)) == 6  # no duplicate trials, no duplicate runs
+    assert len(children) == 8 and len(set(trial_ids)) == 8  # no duplicate trials, no duplicate runs
     final_accuracy = {}
     for run in children:
         assert run.info.status == "FINISHED"
@@ -162,7 +163,7 @@ def test_quickstart_sweep_interrupted_then_killed_then_resumed(tmp_path):
     assert len(keys) == len(set(keys)), "an epoch twice in trials.parquet"
 
     # resuming the finished sweep with options it did not run with is refused, and its records stay as they are
-    for extra, changed in ((["--num-samples", "8"], "search.num_samples"), (["--seed", "7"], "search.seed")):
+    for extra, changed in ((["--num-samples", "9"], "search.num_samples"), (["--seed", "7"], "search.seed")):
         refused = subprocess.run(argv + extra + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
                                  timeout=120)
         assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]

@@ -15,7 +15,9 @@ def test_shipped_spaces_parse_and_asha_judges_risen_schedules(file):
 
     spec = load_space(file)
     if file.name == "baselines.yaml":
-        assert not spec.searched() and spec.trial_count == 6 and spec.fixed()["lr"] == 0.04
+        # gompertz.yaml's recipe: the same lr, so the baselines differ from the sweep in the method alone
+        assert not spec.searched() and spec.trial_count == 9
+        assert spec.fixed()["lr"] == load_space(SPACES / "gompertz.yaml").fixed()["lr"] == 0.08
     else:
         assert {"b", "inflection", "r", "tau", "beta_min", "beta_max"} <= set(spec.searched())
     assert schedule_diagnostics(spec)[1] == []  # no warning

@@ -120,6 +120,21 @@ def test_diagnostics_on_crafted_spaces():
 def test_rank_correlations():
     histories = [{1: 0.1, 2: 0.5, 4: 0.5}, {1: 0.2, 2: 0.4, 4: 0.4}, {1: 0.3, 2: 0.3, 4: 0.3},
                  {1: 0.4, 2: 0.6, 4: 0.6}, {1: 0.9, 2: 0.9}]  # the last did not reach 4: left out
-    rho = rank_correlations(histories, [1, 2], 4)
-    assert rho[2] == pytest.approx(1.0) and rho[1] == pytest.approx(0.2)  # 1 - 6 * 8 / (4 * 15)
-    assert math.isnan(rank_correlations(histories[:2], [1], 4)[1])
+    fidelity = rank_correlations(histories, [1, 2], 4)
+    assert fidelity[2].rho == pytest.approx(1.0) and fidelity[1].rho == pytest.approx(0.2)  # 1 - 6 * 8 / (4 * 15)
+    assert fidelity[1].n == 4 and math.isnan(rank_correlations(histories[:2], [1], 4)[1].rho)
+
+
+def test_a_rank_correlation_comes_with_its_interval_and_a_judgement_that_needs_enough_trials():
+    from gkd_tune.sweep.strategy import RankFidelity
+
+    low, high = RankFidelity(0.6, 8).interval  # the example: 8 trials decide nothing
+    half = 1.96 * 1.03 / math.sqrt(5)
+    assert (low, high) == pytest.approx((math.tanh(math.atanh(0.6) - half), math.tanh(math.atanh(0.6) + half)))
+    assert -0.25 < low < -0.15 and 0.9 < high < 0.95
+    assert RankFidelity(0.6, 8).judgement().startswith("undetermined")
+    assert RankFidelity(0.85, 16).judgement() == ""  # decided: the whole interval above 0.5
+    assert RankFidelity(0.8, 16).judgement() == "undetermined: the interval reaches below 0.5"
+    assert RankFidelity(-0.5, 16).judgement().startswith("warning: ASHA's ranking at this rung is unreliable")
+    assert RankFidelity(0.9, 3).text() == "+0.90 n=3, no interval below 4 trials"
+    assert RankFidelity(0.6, 8).text() == f"+0.60 [{low:+.2f}, {high:+.2f}] n=8"

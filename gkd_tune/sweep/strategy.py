@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import optuna
@@ -180,9 +181,48 @@ def _may_be(value, wanted) -> bool:
     return value == wanted if not isinstance(value, Distribution) else wanted in value.values
 
 
-def rank_correlations(histories: list[dict[int, float]], rungs: list[int], max_epochs: int) -> dict[int, float]:
+@dataclass(frozen=True)
+class RankFidelity:
+    """Spearman's rho between a rung's ranking and the final one over n trials, with its 95% interval: Fisher's z
+    with Fieller, Hartley and Pearson's (1957) standard error for Spearman, 1.03 / sqrt(n - 3) (no interval below
+    4 trials). At n = 8 a rho of 0.6 spans about [-0.2, 0.9]: one sweep's few trials rarely decide it."""
+
+    rho: float
+    n: int
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        if self.n < 4 or not math.isfinite(self.rho):
+            return math.nan, math.nan
+        z, half = math.atanh(max(min(self.rho, 0.999999), -0.999999)), 1.96 * 1.03 / math.sqrt(self.n - 3)
+        return math.tanh(z - half), math.tanh(z + half)
+
+    def text(self) -> str:
+        low, high = self.interval
+        if not math.isfinite(self.rho):
+            return f"   - n={self.n} (no spread, or fewer than 3 trials)"
+        return f"{self.rho:+.2f} " + (f"[{low:+.2f}, {high:+.2f}] n={self.n}" if math.isfinite(low) else
+                                      f"n={self.n}, no interval below 4 trials")
+
+    def judgement(self) -> str:
+        """'' where the whole interval is at or above SPEARMAN_WARNING, else what a reader should take from it."""
+        low, high = self.interval
+        if math.isfinite(high) and high < SPEARMAN_WARNING:
+            return "warning: ASHA's ranking at this rung is unreliable for this space"
+        if math.isfinite(low) and low >= SPEARMAN_WARNING:
+            return ""
+        return f"undetermined: the interval reaches below {SPEARMAN_WARNING}" + (
+            f"; {DECISIVE_TRIALS} or more full-budget trials can decide it" if self.n < DECISIVE_TRIALS else "")
+
+
+# Full-budget trials that can decide a rung's fidelity: at 16, a rho of 0.85 has its whole interval above 0.5 (at 8,
+# only one above 0.9 does).
+DECISIVE_TRIALS = 16
+
+
+def rank_correlations(histories: list[dict[int, float]], rungs: list[int], max_epochs: int) -> dict[int, RankFidelity]:
     """Spearman's rank correlation, per rung epoch, between the metric there and at max_epochs, over trials that
-    ran the full budget (each history: epoch -> metric). NaN where fewer than 3 trials or no spread."""
+    ran the full budget (each history: epoch -> metric). rho NaN where fewer than 3 trials or no spread."""
     import pandas as pd
 
     full = [h for h in histories if max_epochs in h]
@@ -190,5 +230,6 @@ def rank_correlations(histories: list[dict[int, float]], rungs: list[int], max_e
     for epoch in rungs:
         pairs = pd.DataFrame([(h.get(epoch), h[max_epochs]) for h in full if epoch in h], columns=["rung", "final"])
         ranks = pairs.rank()
-        out[epoch] = float(ranks["rung"].corr(ranks["final"])) if len(pairs) >= 3 else float("nan")
+        rho = float(ranks["rung"].corr(ranks["final"])) if len(pairs) >= 3 else float("nan")
+        out[epoch] = RankFidelity(rho, len(pairs))
     return out

@@ -42,6 +42,17 @@ def distillation_method(name: str) -> type[Distiller]:
     return METHODS[name]
 
 
+def method_settings(name: str) -> list[str]:
+    """The public names of the distillation settings method `name` reads: the shared ones (method, tau), the
+    schedule's where it uses one, and its own Config's."""
+    from ..params import settings
+
+    method = METHODS[name]
+    shared = [s.name for s in settings(DistillConfig) if len(s.path) == 1]
+    schedule = [s.name for s in settings(BetaSchedule)] if method.uses_schedule else []
+    return shared + schedule + ([s.name for s in settings(method.Config)] if method.Config else [])
+
+
 def build_distiller(config: DistillConfig, student: SplitNet, teacher: SplitNet | None) -> Distiller:
     method = METHODS[config.method]
     if method.needs_teacher and teacher is None:
@@ -49,6 +60,6 @@ def build_distiller(config: DistillConfig, student: SplitNet, teacher: SplitNet 
     return method(student, teacher, config)
 
 
-
-__all__ = ["METHODS", "DKDConfig", "DecoupledKD", "DistillConfig", "Distiller", "GompertzConfig", "GompertzKD", "KDConfig", "LossWeights",
-           "StepOutput", "StudentOnly", "VanillaKD", "build_distiller", "distillation_method"]
+__all__ = ["METHODS", "DKDConfig", "DecoupledKD", "DistillConfig", "Distiller", "GompertzConfig", "GompertzKD",
+           "KDConfig", "LossWeights", "StepOutput", "StudentOnly", "VanillaKD", "build_distiller",
+           "distillation_method", "method_settings"]
