@@ -25,7 +25,7 @@ from . import engine
 from .cli import check_output_folder, run_command, shared_options
 from .core.files import REPRODUCTION_FILE
 from .core.distillers import METHODS, DistillConfig, method_settings
-from .core.models import MODELS
+from .core.models import MODEL_NAMES, file_part
 from .core.params import settings
 from .engine import Trials, TuneSettings, evaluate_once
 from .sweep.resume import effective, resume_command
@@ -130,8 +130,8 @@ def load_config(path: Path | str, epochs: int | None = None, seeds: int | None =
             fail(where, f"must be {{teacher: ARCH, student: ARCH, params: {{lr: ...}}, paper: "
                         f"{{{', '.join(columns)}}}}}")
         for role in ("teacher", "student"):
-            if item.get(role) not in MODELS:
-                fail(f"{where}.{role}", f"must be one of {', '.join(MODELS)}, got {item.get(role)!r}")
+            if item.get(role) not in MODEL_NAMES:
+                fail(f"{where}.{role}", MODEL_NAMES.problem(item.get(role)))
         paper = item.get("paper") or {}
         if not isinstance(paper, dict):
             fail(f"{where}.paper", f"must be a mapping of {', '.join(columns)} to accuracies")
@@ -276,7 +276,7 @@ class ReproductionTrials(Trials):
         return resume_command_for(self.args)
 
     def teachers(self, storage: SweepStorage) -> list:
-        return [(spec, storage.child("teachers").child(arch)) for arch, spec in self.teacher_specs.items()]
+        return [(spec, storage.child("teachers").child(file_part(arch))) for arch, spec in self.teacher_specs.items()]
 
     def trainable(self, storage: SweepStorage, teachers: list):
         from ray import tune

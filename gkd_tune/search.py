@@ -166,6 +166,10 @@ class SweepTrials(Trials):
         if spec.search.full_budget_trials:
             report_rank_correlations(results, spec, tracker, self.scheduler)
         evaluate_top_trials(best[: spec.search.test_top_k], spec, tracker)
+        if best[0].checkpoint is not None:
+            from .sweep.registry import register_best
+
+            print(register_best(spec, tracker, best[0]), flush=True)
         print_summary(trials, spec, tracker)
         tracker.finish("FINISHED", best[0].trial_id, float(best[0].metrics[spec.search.metric]))
         return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 from .cli import run_command, shared_options
 from .core.data import DataSpec, load_splits
 from .core.loop import TrainConfig
-from .core.models import MODELS
+from .core.models import MODELS, REFERENCE_FORMS, model_name
 from .core.params import add_flags, from_flags, settings
 from .core.teacher import TeacherRecipe, obtain_teacher
 
@@ -21,8 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gkd_tune.teacher", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      parents=[shared_options(without_address=None, sweep=False)])
-    parser.add_argument("--arch", required=True, choices=list(MODELS), metavar="ARCH",
-                        help=f"one of: {', '.join(MODELS)}")
+    parser.add_argument("--arch", required=True, type=model_name, metavar="ARCH",
+                        help=f"one of: {', '.join(MODELS)}, or {REFERENCE_FORMS}")
     parser.add_argument("--cache-dir", type=Path, help="where teachers are cached (default $GKD_TUNE_CACHE/teachers)")
     compile_mode = next(s for s in settings(TrainConfig) if s.name == "compile")  # how it runs, not its recipe
     parser.add_argument("--compile", choices=compile_mode.param.choices, default=compile_mode.default,

@@ -23,7 +23,7 @@ from .core.distillers import DistillConfig, build_distiller, distillation_method
 from .core.errors import error_line
 from .core.files import STUDENT_FILE
 from .core.loop import Trainer, TrainConfig, evaluation_loader
-from .core.models import MODELS, build_model, save_model
+from .core.models import MODELS, REFERENCE_FORMS, build_model, model_name, save_model
 from .core.params import add_flags, flatten, from_flags
 from .core.teacher import TeacherSpec, obtain_teacher
 
@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      parents=[shared_options(without_address=None, sweep=False)])
     run = parser.add_argument_group("run")
-    run.add_argument("--student", required=True, choices=list(MODELS), metavar="ARCH",
-                     help=f"one of: {', '.join(MODELS)}")
+    run.add_argument("--student", required=True, type=model_name, metavar="ARCH",
+                     help=f"one of: {', '.join(MODELS)}, or {REFERENCE_FORMS}")
     run.add_argument("--out", type=Path, required=True, help="directory for the checkpoint and metrics")
     run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     run.add_argument("--test", action="store_true", help="evaluate the final student once on the test split (after "

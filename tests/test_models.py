@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -78,3 +80,58 @@ def test_a_file_with_other_python_objects_is_refused_as_not_a_gkd_tune_file(tmp_
         with pytest.raises(ValueError, match="planted.pt is not a gkd-tune checkpoint or model file") as refused:
             load()
         assert "weights_only=False" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+def small_factory(num_classes):
+    """A package.module:factory model of a user's: (features, head)."""
+    from torch import nn
+
+    features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, stride=2, padding=1))
+    return features, nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(12, num_classes))
+
+
+def not_split(num_classes):
+    import torch
+
+    return torch.nn.Linear(3, num_classes)
+
+
+@pytest.mark.parametrize("name, channels", [("timm:resnet10t", 512), ("torchvision:mobilenet_v3_small", 576),
+                                            ("torchvision:resnet18", 512), ("test_models:small_factory", 12)])
+def test_a_model_by_reference_is_split_into_features_and_head(name, channels, monkeypatch):
+    import sys
+
+    import torch
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    sys.modules.pop("test_models", None)
+    net = build_model(name, 7).eval()  # (dropout in some heads)
+    feature_map, logits = net(torch.randn(2, 3, 32, 32))
+    assert net.arch == name and net.feature_channels == channels == feature_map.shape[1]
+    assert logits.shape == (2, 7) and torch.allclose(net.head(feature_map), logits)
+    names = [n for n, _ in net.named_parameters()]
+    assert len(names) == len(set(names)) and all(p.requires_grad for p in net.parameters())  # each once
+    if name.startswith("timm:"):  # timm's head is over the features' net: its parameters are there, once
+        assert not list(net.head.parameters()) and any("fc" in n for n in names)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("timm:resnet10x", r"student: timm:resnet10x: timm has no model 'resnet10x'"),
+    ("torchvision:swin_t", r"torchvision's swin_t has no known split into features and head; supported: resnet\*"),
+    ("torchvision:resnet9", r"torchvision has no classification model 'resnet9'"),
+    ("no_such_package:make", r"cannot import make from no_such_package"),
+    ("resnet7", r"student: must be one of resnet34, .*, or timm:NAME, torchvision:NAME or package.module:factory, "
+                r"got 'resnet7'"),
+])
+def test_a_model_reference_that_cannot_be_built_is_named_in_the_space(name, message):
+    from gkd_tune.sweep.space import SpaceError, parse_space
+
+    with pytest.raises(SpaceError, match=message):
+        parse_space({"name": "s", "student": name})
+
+
+def test_a_factory_that_returns_no_split_is_one_line(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    with pytest.raises(ValueError, match=r"the factory must return a module with `features` and `head`, or a "
+                                         r"\(features, head\) pair; it returned Linear"):
+        build_model("test_models:not_split", 3)

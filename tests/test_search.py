@@ -162,6 +162,17 @@ def test_quickstart_sweep_interrupted_then_killed_then_resumed(tmp_path):
     keys = list(zip(*(rows.column(name).to_pylist() for name in ("trial_id", "epoch"))))
     assert len(keys) == len(set(keys)), "an epoch twice in trials.parquet"
 
+    # the best student, registered as quickstart@champion from the best run, exports within parity
+    assert "now models:/quickstart@champion" in resumed.stdout
+    champion = client.get_model_version_by_alias("quickstart", "champion")
+    assert champion.run_id == next(r.info.run_id for r in children if r.data.tags["gkd_tune.trial_id"] == best)
+    exported = subprocess.run([sys.executable, "-m", "gkd_tune.export", "--model", "models:/quickstart@champion",
+                               "--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "exported")],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stdout[-2000:] + exported.stderr[-2000:]
+    assert [line.endswith(": ok") for line in exported.stdout.splitlines() if line.startswith(("pt2:", "onnx:"))] \
+        == [True, True]
+
     # resuming the finished sweep with options it did not run with is refused, and its records stay as they are
     for extra, changed in ((["--num-samples", "9"], "search.num_samples"), (["--seed", "7"], "search.seed")):
         refused = subprocess.run(argv + extra + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -289,7 +300,7 @@ def test_stopped_trials_are_pruned_for_optuna_full_budget_trials_rank_the_rungs_
 
 @pytest.mark.slow
 def test_a_baseline_runs_exactly_its_grid_without_optuna_and_tests_each_trial_once(tmp_path, monkeypatch):
-    """baselines.yaml on a CPU: real (tiny) trials of the student alone and KD, two seeds each."""
+    """baselines.yaml on a CPU: real (tiny) trials of the student alone, KD and DKD, two seeds each."""
     import yaml
 
     from gkd_tune.sweep import strategy
@@ -302,14 +313,14 @@ def test_a_baseline_runs_exactly_its_grid_without_optuna_and_tests_each_trial_on
                      training={"max_epochs": 1, "batch_size": 128}, resources={"cpu": 1, "gpu": 0},
                      storage_path=str(tmp_path / "runs"), tracking={"uri": f"sqlite:///{tmp_path}/m.db"})
     baselines["params"].update(seed={"grid": [0, 1]}, lr=0.1)
-    baselines["search"].update(max_concurrent_trials=2, test_top_k=4)
+    baselines["search"].update(max_concurrent_trials=2, test_top_k=6)
     (tmp_path / "baselines.yaml").write_text(yaml.safe_dump(baselines))
     monkeypatch.chdir(tmp_path)
     assert search.main(["--space", str(tmp_path / "baselines.yaml")]) == 0
     assert made == [None]  # no Optuna
     _, parent, children = child_runs(tmp_path / "m.db", baselines["name"])
     assert sorted((r.data.params["method"], r.data.params["seed"]) for r in children) == [
-        (m, s) for m in ("kd", "student") for s in ("0", "1")]
+        (m, s) for m in ("dkd", "kd", "student") for s in ("0", "1")]
     assert all(r.data.tags["gkd_tune.outcome"] == "completed" and 0 < r.data.metrics["test_acc"] <= 1
                for r in children)
 

@@ -87,3 +87,25 @@ def test_real_cifar10_images_lift_every_method_well_above_chance(shared_cifar10)
         history = Trainer(distiller, splits, TrainConfig(epochs=2, batch_size=128, lr=0.1)).run()
         assert history[-1]["val_acc"] > 0.25, f"{method}: {history[-1]['val_acc']:.3f}"
         print(f"{method}: val acc {[round(h['val_acc'], 3) for h in history]}")
+
+
+@pytest.mark.slow
+def test_a_timm_teacher_distils_into_a_torchvision_student(tmp_path, capsys):
+    """Users' own models by reference: timm's resnet10t (features and head from forward_features / forward_head)
+    into torchvision's MobileNetV3 (a documented split whose head is not pool + linear: the gradient term takes the
+    autograd path), every Gompertz term on, one epoch of digits; the student file works alone."""
+    from gkd_tune.core.models import load_student
+
+    out = tmp_path / "run"
+    argv = ["--dataset", "digits", "--teacher", "timm:resnet10t", "--teacher-epochs", "1",
+            "--student", "torchvision:mobilenet_v3_small", "--method", "gompertz", "--epochs", "1",
+            "--batch-size", "64", "--out", str(out)]
+    assert train.main(argv) == 0
+    rows = json.loads((out / "metrics.json").read_text())
+    assert rows[-1]["outcome"] == "completed"
+    assert all(rows[-1][f"loss_{term}"] > 0 for term in ("wasserstein", "grad", "kd"))
+    student = load_student(out / "student.pt")
+    assert student.net.arch == "torchvision:mobilenet_v3_small"
+    splits = load_splits("digits", 0.1)
+    predicted = student.predict(splits.val.images[:16])
+    assert predicted.shape == (16,) and int(predicted.max()) < 10

@@ -10,7 +10,9 @@ RepDistiller / mdistiller (resnet8..56, resnet8x4/32x4, wrn_16_2/wrn_40_2, Mobil
 
 from __future__ import annotations
 
+import importlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,14 +25,16 @@ from .files import load_checked, save_atomically
 
 
 class SplitNet(nn.Module):
-    arch = ""  # the MODELS name it was built from; set by build_model
+    arch = ""  # the MODELS name or model reference it was built from; set by build_model
 
-    def __init__(self, features: nn.Module, feature_channels: int, num_classes: int):
+    def __init__(self, features: nn.Module, feature_channels: int, num_classes: int, head: nn.Module | None = None):
         super().__init__()
         self.features = features
         self.feature_channels = feature_channels
         self.num_classes = num_classes
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(feature_channels, num_classes))
+        # the zoo's head (pool + linear: the gradient term's closed form); a model of the user's brings its own
+        self.head = head if head is not None else nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(feature_channels, num_classes))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feature_map = self.features(x)
@@ -190,15 +194,145 @@ MODELS: dict[str, Callable[[int], SplitNet]] = {
 }
 
 
+# ------------------------------------------------------------------------ the user's models, by reference
+
+REFERENCE_FORMS = "timm:NAME, torchvision:NAME or package.module:factory"
+# torchvision's families whose split (features | head) is known: the attribute names of their parts
+TORCHVISION_FAMILIES = ("resnet", "resnext", "wide_resnet", "mobilenet_v2", "mobilenet_v3", "vgg", "efficientnet",
+                        "convnext")
+
+
+def reference_problem(name: str) -> str | None:
+    """Why `name` is not a model reference that can be built here (None: it can), without building it."""
+    scheme, _, target = name.partition(":")
+    if not target:
+        return f"is neither a model of the zoo nor a reference ({REFERENCE_FORMS})"
+    if scheme == "timm":
+        try:
+            import timm
+        except ImportError:
+            return "needs timm (pip install timm)"
+        return None if timm.is_model(target) else f"timm has no model {target!r} (see timm.list_models())"
+    if scheme == "torchvision":
+        from torchvision import models
+
+        if target not in models.list_models(module=models):
+            return f"torchvision has no classification model {target!r} (see torchvision.models.list_models())"
+        if not target.startswith(TORCHVISION_FAMILIES):
+            return (f"torchvision's {target} has no known split into features and head; supported: "
+                    f"{', '.join(f + '*' for f in TORCHVISION_FAMILIES)} (or a package.module:factory of your own)")
+        return None
+    try:
+        factory = getattr(importlib.import_module(scheme), target)
+    except (ImportError, AttributeError) as error:
+        return f"cannot import {target} from {scheme}: {error_line(error)}"
+    return None if callable(factory) else f"{name} is not callable"
+
+
+def _torchvision_split(name: str, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    from torchvision import models
+
+    net = models.get_model(name, weights=None, num_classes=num_classes)  # no download: weights come from files
+    if name.startswith(("resnet", "resnext", "wide_resnet")):
+        features = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3,
+                                 net.layer4)
+        return features, nn.Sequential(net.avgpool, nn.Flatten(), net.fc)
+    if name.startswith("mobilenet_v2"):
+        return net.features, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), net.classifier)
+    if name.startswith("convnext"):
+        return net.features, nn.Sequential(net.avgpool, net.classifier)  # its classifier flattens
+    return net.features, nn.Sequential(net.avgpool, nn.Flatten(), net.classifier)  # mobilenet_v3, vgg, efficientnet
+
+
+class _TimmFeatures(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net.forward_features(x)
+
+
+class _TimmHead(nn.Module):
+    """timm's forward_head over the features' net: the net's parameters are registered once, under features."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "net", net)
+
+    def forward(self, feature_map):
+        return self.net.forward_head(feature_map)
+
+
+def _from_reference(name: str, num_classes: int) -> SplitNet:
+    if ":" not in name:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}, or {REFERENCE_FORMS}")
+    problem = reference_problem(name)
+    if problem:
+        raise ValueError(f"model {name!r}: {problem}")
+    scheme, _, target = name.partition(":")
+    if scheme == "timm":
+        import timm
+
+        net = timm.create_model(target, pretrained=False, num_classes=num_classes)
+        features, head = _TimmFeatures(net), _TimmHead(net)
+    elif scheme == "torchvision":
+        features, head = _torchvision_split(target, num_classes)
+    else:
+        made = getattr(importlib.import_module(scheme), target)(num_classes=num_classes)
+        if isinstance(made, tuple) and len(made) == 2:
+            features, head = made
+        elif hasattr(made, "features") and hasattr(made, "head"):
+            features, head = made.features, made.head
+        else:
+            raise ValueError(f"model {name!r}: the factory must return a module with `features` and `head`, or a "
+                             f"(features, head) pair; it returned {type(made).__name__}")
+    training = features.training
+    with torch.no_grad():  # the channels of the feature map, from one small input (BN statistics untouched)
+        channels = features.eval()(torch.zeros(1, 3, 32, 32)).shape[1]
+    features.train(training)
+    return SplitNet(features, channels, num_classes, head=head)
+
+
 def build_model(name: str, num_classes: int) -> SplitNet:
-    """A fresh CIFAR model by name (see MODELS); unknown names list the known ones."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    """A fresh model: one of the CIFAR zoo by name (see MODELS), or a reference to the user's
+    (timm:NAME, torchvision:NAME, package.module:factory), built without pretrained weights."""
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    net = MODELS[name](num_classes)
+    net = MODELS[name](num_classes) if name in MODELS else _from_reference(name, num_classes)
     net.arch = name
     return net
+
+
+def file_part(name: str) -> str:
+    """A model name as a file or folder name: 'timm:resnet10t' -> 'timm-resnet10t'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", name)
+
+
+class ModelNames(tuple):
+    """The zoo's names, as a setting's choices that also admit every buildable model reference."""
+
+    also = REFERENCE_FORMS
+
+    def __contains__(self, name) -> bool:
+        return tuple.__contains__(self, name) or (isinstance(name, str) and reference_problem(name) is None)
+
+    def problem(self, name) -> str:
+        if isinstance(name, str) and ":" in name:
+            return f"{name}: {reference_problem(name)}"
+        return f"must be one of {', '.join(self)}, or {self.also}, got {name!r}"
+
+
+MODEL_NAMES = ModelNames(MODELS)
+
+
+def model_name(text: str) -> str:
+    """argparse's type for a model flag: the name, or the reason it is none."""
+    import argparse
+
+    if text not in MODEL_NAMES:
+        raise argparse.ArgumentTypeError(MODEL_NAMES.problem(text))
+    return text
 
 
 def save_model(path: Path, net: SplitNet, **metadata) -> None:
@@ -259,6 +393,21 @@ class Student:
         mean = torch.tensor(self.metadata["mean"], device=device).view(1, -1, 1, 1)
         std = torch.tensor(self.metadata["std"], device=device).view(1, -1, 1, 1)
         return self.net.eval()((x - mean) / std)[1].argmax(1).cpu()
+
+
+class ImagesToLogits(nn.Module):
+    """A student as a model to ship: uint8 images N x 3 x H x W at its training size in, logits out, its training
+    normalisation inside (MLflow's PyTorch model, torch.export and ONNX take it as it is)."""
+
+    def __init__(self, student: Student):
+        super().__init__()
+        self.net = student.net
+        self.image_size = student.metadata["image_size"]
+        self.register_buffer("mean", torch.tensor(student.metadata["mean"], dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(student.metadata["std"], dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images.float() / 255.0 - self.mean) / self.std)[1]
 
 
 def load_student(path: Path) -> Student:

@@ -46,7 +46,8 @@ class Param:
     def range_text(self) -> str:
         """The allowed values in words: 'one of a, b', '[0, 1]', '> 0', '>= 1'."""
         if self.choices is not None:
-            return f"one of {', '.join(map(str, self.choices))}"
+            also = getattr(self.choices, "also", "")  # choices that admit more than they list
+            return f"one of {', '.join(map(str, self.choices))}" + (f", or {also}" if also else "")
         if self.low is not None and self.high is not None:
             return f"{'(' if self.above_low else '['}{number_text(self.low)}, {number_text(self.high)}]"
         if self.low is not None:
@@ -56,6 +57,8 @@ class Param:
     def problem(self, value) -> str | None:
         """What is wrong with a value of the right type ('must be >= 1, got 0'), or None."""
         if self.choices is not None and value not in self.choices:
+            if hasattr(self.choices, "problem"):  # choices that say why themselves (models.ModelNames)
+                return self.choices.problem(value)
             return f"must be {self.range_text()}, got {value!r}"
         outside = (self.low is not None and (value <= self.low if self.above_low else value < self.low)
                    or self.high is not None and value > self.high)
@@ -176,9 +179,24 @@ def add_flags(group, config_class: type, prefix: str = "") -> None:
         many = s.param.choices is not None and len(s.param.choices) > 6  # listed in the help, not the usage line
         allowed = "" if s.param.choices is not None and not many or s.param.range_text() == "any value" else \
             f"; {s.param.range_text()}"
-        group.add_argument(*flags, dest=dest, default=s.default, choices=s.param.choices, type=s.kind,
+        choices, kind = s.param.choices, s.kind
+        if hasattr(choices, "problem"):  # choices that say why a value is not one (models.ModelNames)
+            choices, kind = None, _checked_by(s.param.choices)
+        group.add_argument(*flags, dest=dest, default=s.default, choices=choices, type=kind,
                            metavar=s.name.upper() if s.param.choices is None or many else None,
                            help=(s.param.help + allowed).replace("%", "%%"))
+
+
+def _checked_by(choices):
+    """argparse's type for a flag whose choices say why a value is not one of them."""
+    import argparse
+
+    def check(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(choices.problem(text))
+        return text
+
+    return check
 
 
 def from_flags(args, config_class: type, prefix: str = ""):

@@ -17,7 +17,7 @@ from .distillers import StudentOnly
 from .errors import error_line
 from .files import cache_root
 from .loop import LR_SCHEDULES, Trainer, TrainConfig
-from .models import MODELS, SplitNet, build_model, load_model, save_model
+from .models import MODEL_NAMES, SplitNet, build_model, file_part, load_model, save_model
 from .params import SEED_RANGE, check, setting
 
 
@@ -45,7 +45,7 @@ class TeacherRecipe:
 
 @dataclass(frozen=True)
 class TeacherSpec:
-    arch: str = setting("resnet20", "the teacher's architecture", choices=tuple(MODELS), aliases=("teacher",))
+    arch: str = setting("resnet20", "the teacher's architecture", choices=MODEL_NAMES, aliases=("teacher",))
     checkpoint: str | None = setting(None, "a trained teacher's file, used instead of training one")
     recipe: TeacherRecipe = field(default_factory=TeacherRecipe)
 
@@ -57,7 +57,7 @@ def teacher_path(splits: Splits, arch: str, recipe: TeacherRecipe, val_fraction:
     """The cache file of a teacher: a hash of the data (its cache fingerprint), split, arch and recipe."""
     key = json.dumps({"data": splits.cache_path.name, "val_fraction": val_fraction, "arch": arch,
                       "recipe": asdict(recipe)}, sort_keys=True)
-    return directory / f"{arch}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    return directory / f"{file_part(arch)}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import yaml
 from ..core.data import DataSourceError, DataSpec, absolute_source
 from ..core.distillers import DistillConfig
 from ..core.loop import TrainConfig
-from ..core.models import MODELS
+from ..core.models import MODEL_NAMES
 from ..core.params import SEED_RANGE, Param, Setting, build, check, flatten, setting, settings
 from ..core.teacher import TeacherSpec
 from .storage import TRIAL_DIR_PREFIX, WORKER_SCRATCH_DIR
@@ -325,7 +325,7 @@ def parse_space(raw: Any, file: Path | str = "<space>") -> SweepSpec:
     teacher = reader.section(TeacherSpec, raw.get("teacher"), "teacher")
     if teacher.checkpoint and not Path(teacher.checkpoint).expanduser().exists():
         reader.fail("teacher.checkpoint", f"file {teacher.checkpoint} does not exist")
-    student = reader.value(Setting("student", (), str, "resnet8", Param("", choices=tuple(MODELS))),
+    student = reader.value(Setting("student", (), str, "resnet8", Param("", choices=MODEL_NAMES)),
                            raw.get("student", "resnet8"), "student")
     training = reader.section(TrainConfig, raw.get("training"), "training", searchable=False)
     search = reader.section(SearchSettings, raw.get("search"), "search")
