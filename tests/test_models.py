@@ -135,3 +135,39 @@ def test_a_factory_that_returns_no_split_is_one_line(monkeypatch):
     with pytest.raises(ValueError, match=r"the factory must return a module with `features` and `head`, or a "
                                          r"\(features, head\) pair; it returned Linear"):
         build_model("test_models:not_split", 3)
+
+
+def test_weights_of_timm_or_torchvision_load_into_a_model_by_reference(tmp_path):
+    """A teacher trained elsewhere: its framework's own state_dict (bare, or under "state_dict") is accepted."""
+    import timm
+    from torchvision import models
+
+    from gkd_tune.core.models import load_model
+
+    x = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(1)
+    original = timm.create_model("resnet10t", pretrained=False, num_classes=10).eval()
+    torch.save(original.state_dict(), tmp_path / "timm.pth")
+    net, metadata = load_model(tmp_path / "timm.pth", "timm:resnet10t", 10)
+    assert torch.allclose(net.eval()(x)[1], original(x), atol=1e-6) and metadata == {"weights_from": str(
+        tmp_path / "timm.pth")}
+
+    resnet = models.resnet18(num_classes=10).eval()
+    torch.save({"state_dict": resnet.state_dict(), "epoch": 90}, tmp_path / "tv.pth")
+    net, _ = load_model(tmp_path / "tv.pth", "torchvision:resnet18", 10)
+    assert torch.allclose(net.eval()(x)[1], resnet(x), atol=1e-6)
+
+
+def test_weights_that_do_not_fit_are_one_line_naming_the_keys(tmp_path):
+    from torchvision import models
+
+    from gkd_tune.core.models import load_model
+
+    torch.save(models.resnet18(num_classes=1000).state_dict(), tmp_path / "imagenet.pth")
+    with pytest.raises(ValueError, match=r"imagenet.pth: its weights do not fit torchvision:resnet18: of another "
+                                         r"shape: fc.weight \(1000, 512\) vs \(10, 512\), fc.bias \(1000,\) vs \(10,\)$"):
+        load_model(tmp_path / "imagenet.pth", "torchvision:resnet18", 10)
+    with pytest.raises(ValueError, match=r"its weights do not fit resnet8: missing: .*\(\+\d+ more\); unexpected: "):
+        load_model(tmp_path / "imagenet.pth", "resnet8", 10)
+    with pytest.raises(ValueError, match=r"holds bare weights, not a gkd-tune model file: name its architecture"):
+        load_model(tmp_path / "imagenet.pth")

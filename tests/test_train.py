@@ -109,3 +109,12 @@ def test_a_timm_teacher_distils_into_a_torchvision_student(tmp_path, capsys):
     splits = load_splits("digits", 0.1)
     predicted = student.predict(splits.val.images[:16])
     assert predicted.shape == (16,) and int(predicted.max()) < 10
+
+    # a teacher trained elsewhere, given as timm's own state_dict: loaded, and the run goes on
+    import timm
+
+    torch.save(timm.create_model("resnet10t", num_classes=10).state_dict(), tmp_path / "teacher.pth")
+    given = [*argv[:argv.index("--teacher-epochs")], "--teacher-checkpoint", str(tmp_path / "teacher.pth"),
+             *argv[argv.index("--student"):-1], str(tmp_path / "given")]
+    assert train.main(given) == 0
+    assert json.loads((tmp_path / "given" / "metrics.json").read_text())[-1]["outcome"] == "completed"

@@ -229,10 +229,13 @@ def reference_problem(name: str) -> str | None:
     return None if callable(factory) else f"{name} is not callable"
 
 
-def _torchvision_split(name: str, num_classes: int) -> tuple[nn.Module, nn.Module]:
+def _torchvision_split(name: str, num_classes: int, weights: dict | None, source: str
+                       ) -> tuple[nn.Module, nn.Module]:
     from torchvision import models
 
     net = models.get_model(name, weights=None, num_classes=num_classes)  # no download: weights come from files
+    if weights is not None:
+        load_weights(net, weights, source, f"torchvision:{name}")
     if name.startswith(("resnet", "resnext", "wide_resnet")):
         features = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3,
                                  net.layer4)
@@ -264,7 +267,7 @@ class _TimmHead(nn.Module):
         return self.net.forward_head(feature_map)
 
 
-def _from_reference(name: str, num_classes: int) -> SplitNet:
+def _from_reference(name: str, num_classes: int, weights: dict | None = None, source: str = "") -> SplitNet:
     if ":" not in name:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}, or {REFERENCE_FORMS}")
     problem = reference_problem(name)
@@ -275,11 +278,16 @@ def _from_reference(name: str, num_classes: int) -> SplitNet:
         import timm
 
         net = timm.create_model(target, pretrained=False, num_classes=num_classes)
+        if weights is not None:
+            load_weights(net, weights, source, name)
         features, head = _TimmFeatures(net), _TimmHead(net)
     elif scheme == "torchvision":
-        features, head = _torchvision_split(target, num_classes)
+        features, head = _torchvision_split(target, num_classes, weights, source)
     else:
         made = getattr(importlib.import_module(scheme), target)(num_classes=num_classes)
+        if weights is not None:  # the factory's own module, or its (features, head) as a SplitNet's keys
+            load_weights(made if isinstance(made, nn.Module) else nn.ModuleDict(
+                {"features": made[0], "head": made[1]}), weights, source, name)
         if isinstance(made, tuple) and len(made) == 2:
             features, head = made
         elif hasattr(made, "features") and hasattr(made, "head"):
@@ -294,14 +302,46 @@ def _from_reference(name: str, num_classes: int) -> SplitNet:
     return SplitNet(features, channels, num_classes, head=head)
 
 
-def build_model(name: str, num_classes: int) -> SplitNet:
-    """A fresh model: one of the CIFAR zoo by name (see MODELS), or a reference to the user's
-    (timm:NAME, torchvision:NAME, package.module:factory), built without pretrained weights."""
+def build_model(name: str, num_classes: int, weights: dict | None = None, source: str = "") -> SplitNet:
+    """A model: one of the CIFAR zoo by name (see MODELS), or a reference to the user's (timm:NAME,
+    torchvision:NAME, package.module:factory), never with downloaded weights. `weights`: a state_dict from
+    `source` with the model's own keys (timm's or torchvision's for a reference)."""
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    net = MODELS[name](num_classes) if name in MODELS else _from_reference(name, num_classes)
+    if name in MODELS:
+        net = MODELS[name](num_classes)
+        if weights is not None:
+            load_weights(net, weights, source, name)
+    else:
+        net = _from_reference(name, num_classes, weights, source)
     net.arch = name
     return net
+
+
+def bare_weights(saved) -> dict | None:
+    """The state_dict in a file that is not a gkd-tune model file: the mapping itself, or under "state_dict" or
+    "model" (the usual checkpoint layouts); None for a gkd-tune file or anything else."""
+    if not isinstance(saved, dict) or "arch" in saved:
+        return None
+    for candidate in (saved, saved.get("state_dict"), saved.get("model")):
+        if isinstance(candidate, dict) and candidate and all(isinstance(v, torch.Tensor) for v in candidate.values()):
+            return candidate
+    return None
+
+
+def load_weights(module: nn.Module, weights: dict, source: str, name: str) -> None:
+    """weights into module, all or nothing: every mismatch named in one line."""
+    own = module.state_dict()
+    problems = []
+    for what, keys in (("missing", [k for k in own if k not in weights]),
+                       ("unexpected", [k for k in weights if k not in own]),
+                       ("of another shape", [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                                             if k in weights and weights[k].shape != own[k].shape])):
+        if keys:
+            problems.append(f"{what}: {', '.join(keys[:4])}" + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""))
+    if problems:
+        raise ValueError(f"{source}: its weights do not fit {name}: {'; '.join(problems)}")
+    module.load_state_dict(weights)
 
 
 def file_part(name: str) -> str:
@@ -346,14 +386,24 @@ def save_model(path: Path, net: SplitNet, **metadata) -> None:
 
 
 def load_model(path: Path, arch: str | None = None, num_classes: int | None = None) -> tuple[SplitNet, dict]:
-    """(model, metadata) from a `save_model` file, loaded with weights_only=True; checks arch and class count."""
+    """(model, metadata) from a `save_model` file, loaded with weights_only=True; checks arch and class count.
+    Given `arch` and `num_classes`, a bare state_dict (timm's or torchvision's own keys for a model by reference,
+    or `{"state_dict": ...}` / `{"model": ...}` around one) is loaded too; its metadata says where it came from."""
     try:
         saved = load_checked(path, map_location="cpu")
-        found_arch, found_classes = saved["arch"], saved["num_classes"]
     except FileNotFoundError:
         raise ValueError(f"model file {path} does not exist") from None
     except ValueError:
         raise
+    except Exception as error:
+        raise ValueError(f"{path} is not a gkd-tune model file: {error_line(error)}") from None
+    weights = bare_weights(saved)
+    if weights is not None:
+        if arch is None or num_classes is None:
+            raise ValueError(f"{path} holds bare weights, not a gkd-tune model file: name its architecture")
+        return build_model(arch, num_classes, weights=weights, source=str(path)), {"weights_from": str(path)}
+    try:
+        found_arch, found_classes = saved["arch"], saved["num_classes"]
     except Exception as error:
         raise ValueError(f"{path} is not a gkd-tune model file: {error_line(error)}") from None
     if arch is not None and found_arch != arch:

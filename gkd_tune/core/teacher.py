@@ -77,7 +77,12 @@ def obtain_teacher(splits: Splits, arch: str, recipe: TeacherRecipe, val_fractio
     run's `compile` mode, continuing from `progress` if it holds this teacher's state) and cached."""
     if checkpoint is not None:
         net, metadata = load_model(checkpoint, arch, splits.num_classes)
-        return net, Path(checkpoint), metadata
+        if "weights_from" not in metadata:
+            return net, Path(checkpoint), metadata
+        # bare weights (timm's, torchvision's): as a gkd-tune model file, which trials and reports load as it is
+        path = (directory or cache_root() / "teachers") / f"{file_part(arch)}-given-{Path(checkpoint).stem}.pt"
+        save_model(path, net, **metadata)
+        return net, path, metadata
     path = teacher_path(splits, arch, recipe, val_fraction, directory or cache_root() / "teachers")
     path.parent.mkdir(parents=True, exist_ok=True)
     # one trainer per teacher file: two sweeps (or a sweep and `train`) wanting the same teacher train it once
