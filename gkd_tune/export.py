@@ -90,7 +90,7 @@ def parity_images(metadata: dict, folder: Path | None):
     source = metadata.get("dataset")
     if not source:
         raise ValueError("the model names no data set to check it on: pass --images FOLDER")
-    splits = load_splits(source, 0.1)
+    splits = load_splits(source, 0.1, image_size=size)
     part, name = (splits.test, "test") if splits.test is not None else (splits.val, "validation")
     return torch.as_tensor(part.images), f"the {name} split of {source} ({len(part.images)} images)"
 

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def teacher() -> int:
         data, recipe = from_flags(args, DataSpec), from_flags(args, TeacherRecipe)
-        splits = load_splits(data.source, data.val_fraction)
+        splits = load_splits(data.source, data.val_fraction, image_size=data.image_size)
         _, path, metadata = obtain_teacher(splits, args.arch, recipe, data.val_fraction, directory=args.cache_dir,
                                            compile=args.compile)
         print(f"teacher {args.arch} on {data.source}: val acc {metadata['val_acc']:.4f}\n{path}")

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> Path:
         if args.teacher_arch is None:
             raise ValueError(f"--method {distill_config.method} needs --teacher ARCH")
         teacher_spec = from_flags(args, TeacherSpec, prefix="teacher-")
-    splits = load_splits(data.source, data.val_fraction)
+    splits = load_splits(data.source, data.val_fraction, image_size=data.image_size)
     if args.test and splits.test is None:
         raise ValueError(f"--test: data source {data.source!r} has no test split")
     teacher = None
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> Path:
     torch.manual_seed(train_config.seed)  # the student's initial weights do not depend on whether the teacher was cached
     student = build_model(args.student, splits.num_classes)
     trainer = Trainer(build_distiller(distill_config, student, teacher), splits, train_config)
+    print(trainer.data_line, flush=True)
 
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:

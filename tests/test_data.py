@@ -332,11 +332,11 @@ def test_a_new_source_kind_is_one_class_and_one_registry_line(tmp_path, monkeypa
         def fingerprint(self, source, location, root):
             return ["v1"]
 
-        def decode(self, source, location, root):
+        def decode(self, source, location, root, size=32):
             rng = np.random.default_rng(0)
 
             def arrays(n):
-                return sources.ImageArrays(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), np.arange(n) % 2)
+                return sources.ImageArrays(rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8), np.arange(n) % 2)
 
             return sources.DecodedSource(arrays(20), arrays(6), ("heads", "tails"))
 
@@ -438,3 +438,27 @@ def test_a_source_is_checked_in_seconds_before_anything_starts(tmp_path):
     with pytest.raises(DataSourceError, match="cannot decode image 0"):
         data.check_source(f"parquet:{broken}", 0.5)
     assert data.check_source("digits", 0.1) == []  # decoded when it is used: nothing to read before
+
+
+def test_images_are_decoded_at_the_data_image_size_and_cached_apart(tmp_path):
+    from gkd_tune.core.data import cache_path_for, load_splits
+
+    small, large = (load_splits("digits", 0.1, root=tmp_path, image_size=size) for size in (32, 48))
+    assert small.train.images.shape[1:] == (3, 32, 32) and large.train.images.shape[1:] == (3, 48, 48)
+    assert large.test.images.shape[1:] == (3, 48, 48) and len(large.train) == len(small.train)
+    assert cache_path_for("digits", tmp_path, 48) != cache_path_for("digits", tmp_path, 32) == small.cache_path
+
+
+def test_the_splits_on_a_gpu_are_refused_up_front_when_they_would_not_fit(monkeypatch):
+    import numpy as np
+    import torch
+
+    from gkd_tune.core.data import ImageArrays, check_fits
+
+    big = ImageArrays(np.zeros((1000, 3, 64, 64), np.uint8), np.zeros(1000, np.int64))
+    assert check_fits({"training": big}, "cpu") == \
+        "data: 1,000 training images of 3 x 64 x 64 uint8, 11.7 MiB resident on cpu"
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8 << 20, 80 << 30))  # 8 MiB free
+    with pytest.raises(ValueError, match=r"11.7 MiB resident on cuda, but cuda has 0.01 GiB free \(at most 75% of "
+                                         r"it for the data\): lower data.image_size"):
+        check_fits({"training": big}, "cuda")

@@ -80,6 +80,7 @@ def bad(change):
     ({"teacher.arch": 3}, r"teacher.arch: must be a string, got 3"),
     ({"training.max_epochs": 0}, r"training.max_epochs: must be \[1, 1000000\], got 0"),
     ({"data.val_fraction": 1.5}, r"data.val_fraction: must be \(0, 0.9\], got 1.5"),
+    ({"data.image_size": 4}, r"data.image_size: must be \[8, 1024\], got 4"),
     ({"params.b": {"normal": [0, 1]}}, r"params.b.normal: unknown key.*; allowed: uniform, loguniform, int, choice"),
     ({"params.b": {"uniform": [5, 1]}}, r"params.b.uniform: low must be below high"),
     ({"params.b": {"uniform": [1]}}, r"params.b.uniform: must be \[low, high\]"),

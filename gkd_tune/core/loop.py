@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .data import DeviceLoader, ImageArrays, Splits
+from .data import DeviceLoader, ImageArrays, Splits, check_fits
 from .distillers import Distiller, StepOutput
 from .files import load_checked, save_atomically
 from .params import SEED_RANGE, check, setting
@@ -127,6 +127,8 @@ class Trainer:
         # what a saved model needs to be used alone (models.load_student): its input and its classes
         self.input_card = {"mean": list(stats[0]), "std": list(stats[1]), "image_size": splits.train.images.shape[-1],
                            "class_names": [str(name) for name in splits.class_names], "dataset": splits.source}
+        # the splits live on the device: refused up front when they would not fit, and said how much they take
+        self.data_line = check_fits({"training": splits.train, "validation": splits.val}, self.device)
         self.train_loader = DeviceLoader(splits.train, config.batch_size, train=True, mean=stats[0], std=stats[1],
                                          device=self.device, seed=config.seed)
         self.val_loader = evaluation_loader(splits.val, stats, config.batch_size, self.device)

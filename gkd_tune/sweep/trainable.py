@@ -47,7 +47,7 @@ def provide_teacher(spec: SweepSpec, storage: SweepStorage) -> dict:
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     if not spec.teacher.checkpoint:  # trained here (a given one is checked by the driver, which may have no GPU)
         check_gpu_visible(spec)
-    splits = load_splits(spec.data.source, spec.data.val_fraction)
+    splits = load_splits(spec.data.source, spec.data.val_fraction, image_size=spec.data.image_size)
     checkpoint = Path(spec.teacher.checkpoint).expanduser() if spec.teacher.checkpoint else None
 
     def restore(key: str, local: Path) -> bool:  # a retried task (max_retries) continues from the last epoch
@@ -117,7 +117,7 @@ def train_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
 
 
 def set_up_trial(plan: TrialPlan, storage: SweepStorage) -> Trainer:
-    splits = load_splits(plan.data.source, plan.data.val_fraction)
+    splits = load_splits(plan.data.source, plan.data.val_fraction, image_size=plan.data.image_size)
     teacher = None
     if distillation_method(plan.distill.method).needs_teacher:
         with tempfile.TemporaryDirectory() as directory:
@@ -150,7 +150,7 @@ def evaluate_teacher_on_test_split(spec: SweepSpec, storage: SweepStorage) -> di
 
 def test_split_metrics(spec: SweepSpec, model_file: Path, arch: str) -> dict | None:
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
-    splits = load_splits(spec.data.source, spec.data.val_fraction)
+    splits = load_splits(spec.data.source, spec.data.val_fraction, image_size=spec.data.image_size)
     if splits.test is None:
         return None
     model, _ = load_model(model_file, arch, splits.num_classes)

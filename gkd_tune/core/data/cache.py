@@ -14,25 +14,28 @@ import numpy as np
 from filelock import FileLock
 
 from ..files import cache_root, partial_path
-from .sources import DecodedSource, ImageArrays, decode, fingerprint_parts, parse_source
+from .sources import IMAGE_SIZE, DecodedSource, ImageArrays, decode, fingerprint_parts, parse_source
 
 # Bump when the decoded layout changes, so old caches are not read.
 CACHE_FORMAT = 1
 
 
-def cache_path_for(source: str, root: Path | None = None) -> Path:
-    """Named after the source and a fingerprint that changes whenever its content may have (its kind says how)."""
+def cache_path_for(source: str, root: Path | None = None, size: int = IMAGE_SIZE) -> Path:
+    """Named after the source and a fingerprint that changes whenever its content may have (its kind says how), and
+    the image size it was decoded at."""
     root = root or cache_root()
     kind, location = parse_source(source)
     stem = Path(location).stem if location else kind
-    parts = [f"format={CACHE_FORMAT}", *fingerprint_parts(source, root)]
+    parts = [f"format={CACHE_FORMAT}", *fingerprint_parts(source, root)] + ([f"size={size}"] if size != IMAGE_SIZE
+                                                                             else [])
     return root / "arrays" / f"{kind}-{stem}-{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:16]}.npz"
 
 
-def load_source(source: str, root: Path | None = None) -> tuple[DecodedSource, Path]:
-    """Decoded arrays of a source, from the cache when present (decoding and caching them otherwise)."""
+def load_source(source: str, root: Path | None = None, size: int = IMAGE_SIZE) -> tuple[DecodedSource, Path]:
+    """Decoded arrays of a source at size x size, from the cache when present (decoding and caching them
+    otherwise)."""
     root = root or cache_root()
-    path = cache_path_for(source, root)
+    path = cache_path_for(source, root, size)
     cached = _read_cache(path)
     if cached is not None:
         return cached, path
@@ -43,7 +46,7 @@ def load_source(source: str, root: Path | None = None) -> tuple[DecodedSource, P
         cached = _read_cache(path)  # decoded by another process while this one waited
         if cached is not None:
             return cached, path
-        decoded = decode(source, root)
+        decoded = decode(source, root, size)
         _write_cache(decoded, path)
     return decoded, path
 

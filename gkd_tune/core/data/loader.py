@@ -29,6 +29,33 @@ def random_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator)
     return padded[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
+# Of a CUDA device's free memory, the share the resident splits may take: the rest is the step's (the model, its
+# activations and the optimiser).
+RESIDENT_SHARE = 0.75
+
+
+def resident_bytes(splits: dict[str, ImageArrays]) -> int:
+    return sum(arrays.images.nbytes + arrays.labels.nbytes for arrays in splits.values())
+
+
+def check_fits(splits: dict[str, ImageArrays], device: torch.device | str) -> str:
+    """What the splits (by name) a run holds on `device` take there, as a line; on a CUDA device a ValueError when
+    they would take more than RESIDENT_SHARE of its free memory, saying how much they need."""
+    device = torch.device(device)
+    need = resident_bytes(splits)
+    first = next(iter(splits.values())).images
+    shape = f"{first.shape[1]} x {first.shape[2]} x {first.shape[3]}"
+    counts = " + ".join(f"{len(arrays):,} {name}" for name, arrays in splits.items())
+    line = f"data: {counts} images of {shape} uint8, {need / 2**20:,.1f} MiB resident on {device}"
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > RESIDENT_SHARE * free:
+            raise ValueError(f"{line}, but {device} has {free / 2**30:.2f} GiB free (at most "
+                             f"{RESIDENT_SHARE:.0%} of it for the data): lower data.image_size, or run on a GPU "
+                             f"with more memory")
+    return line
+
+
 class DeviceLoader:
     """Holds a whole split on `device` as uint8 and yields normalised float batches (images, labels).
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..params import check, setting
 from .cache import load_source
-from .sources import SOURCES, DataSourceError, ImageArrays, check_two_labels, parse_source
+from .sources import IMAGE_SIZE, SOURCES, DataSourceError, ImageArrays, check_two_labels, parse_source
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,8 @@ class DataSpec:
                           aliases=("dataset",))
     val_fraction: float = setting(0.1, "stratified validation share of the training set", low=0, high=0.9,
                                   above_low=True)
+    image_size: int = setting(IMAGE_SIZE, "images are resized to image_size x image_size when decoded (the zoo's "
+                              "CIFAR nets are built for 32; a timm or torchvision net may want more)", low=8, high=1024)
 
     def __post_init__(self):
         check(self)
@@ -84,14 +86,16 @@ def check_source(source: str, val_fraction: float) -> list[str]:
     return warnings
 
 
-def load_splits(source: str, val_fraction: float = 0.1, seed: int = 0, root: Path | None = None) -> Splits:
+def load_splits(source: str, val_fraction: float = 0.1, seed: int = 0, root: Path | None = None,
+                image_size: int = IMAGE_SIZE) -> Splits:
     if not 0.0 < val_fraction < 1.0:
         raise DataSourceError(source, f"validation fraction must be in (0, 1), got {val_fraction}")
-    decoded, path = load_source(source, root)
+    decoded, path = load_source(source, root, image_size)
     try:
         train_idx, val_idx = stratified_split(decoded.train.labels, val_fraction, seed)
     except ValueError as error:  # e.g. a class with a single image cannot be stratified
-        raise DataSourceError(source, f"cannot build a stratified {val_fraction:.0%} validation split: {error}") from None
+        raise DataSourceError(source, f"cannot build a stratified {val_fraction:.0%} validation split: "
+                                      f"{error}") from None
     return Splits(
         source, decoded.train.subset(train_idx), decoded.train.subset(val_idx), decoded.test, decoded.class_names, path
     )

@@ -56,11 +56,11 @@ def fingerprint_parts(source: str, root: Path) -> list[str]:
     return [kind, *SOURCES[kind].fingerprint(source, location, root)]
 
 
-def decode(source: str, root: Path) -> DecodedSource:
-    """The arrays of `source`, decoded now (slow: cache.load_source is what callers want). `root`: the cache root,
-    where torchvision keeps its CIFAR download."""
+def decode(source: str, root: Path, size: int = IMAGE_SIZE) -> DecodedSource:
+    """The arrays of `source` at size x size, decoded now (slow: cache.load_source is what callers want). `root`:
+    the cache root, where torchvision keeps its CIFAR download."""
     kind, location = parse_source(source)
-    return SOURCES[kind].decode(source, location, root)
+    return SOURCES[kind].decode(source, location, root, size)
 
 
 __all__ = ["IMAGE_SIZE", "SOURCES", "SOURCE_KINDS", "DataSourceError", "DecodedSource", "ImageArrays", "SourceKind",

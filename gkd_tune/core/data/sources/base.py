@@ -78,8 +78,9 @@ class SourceKind:
         """What changes whenever the content may have (`root`: the cache root)."""
         raise NotImplementedError
 
-    def decode(self, source: str, location: str, root: Path) -> DecodedSource:
-        """N x 3 x 32 x 32 uint8 images and int64 labels; DataSourceError naming the source for anything wrong."""
+    def decode(self, source: str, location: str, root: Path, size: int = IMAGE_SIZE) -> DecodedSource:
+        """N x 3 x size x size uint8 images and int64 labels; DataSourceError naming the source for anything
+        wrong."""
         raise NotImplementedError
 
     def check(self, source: str, location: str) -> tuple[np.ndarray | None, list[str]]:
@@ -102,20 +103,35 @@ class FilesKind(SourceKind):
         return [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
 
 
-def to_nchw_uint8(source: str, pictures: list, what: str) -> np.ndarray:
-    """PIL images -> N x 3 x 32 x 32 uint8 (resized when not 32x32)."""
+def to_nchw_uint8(source: str, pictures: list, what: str, size: int = IMAGE_SIZE) -> np.ndarray:
+    """PIL images -> N x 3 x size x size uint8 (resized from any other size)."""
     from PIL import Image
 
-    out = np.empty((len(pictures), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    out = np.empty((len(pictures), 3, size, size), dtype=np.uint8)
     for i, picture in enumerate(pictures):
         try:
             image = picture() if callable(picture) else picture
             image = image.convert("RGB")
         except Exception as error:  # PIL raises several types for bad bytes
             raise DataSourceError(source, f"cannot decode image {i} of {what}: {error}") from None
-        if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-            image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BILINEAR)
         out[i] = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+    return out
+
+
+def resized(images: np.ndarray, size: int) -> np.ndarray:
+    """N x 3 x H x W uint8 at size x size (bilinear), in chunks; as they are when already that size."""
+    import torch
+    import torch.nn.functional as F
+
+    if images.shape[-2:] == (size, size):
+        return images
+    out = np.empty((len(images), images.shape[1], size, size), dtype=np.uint8)
+    for start in range(0, len(images), 1024):
+        chunk = torch.from_numpy(images[start:start + 1024]).float()
+        out[start:start + 1024] = F.interpolate(chunk, size=(size, size), mode="bilinear", align_corners=False) \
+            .round().clamp(0, 255).to(torch.uint8).numpy()
     return out
 
 

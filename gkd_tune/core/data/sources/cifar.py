@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DataSourceError, DecodedSource, ImageArrays, SourceKind, TransientDataError, is_transient
+from .base import (IMAGE_SIZE, DataSourceError, DecodedSource, ImageArrays, SourceKind, TransientDataError,
+                   is_transient, resized)
 
 
 class TorchvisionCifar(SourceKind):
@@ -16,7 +17,7 @@ class TorchvisionCifar(SourceKind):
     def fingerprint(self, source: str, location: str, root: Path) -> list[str]:
         return [str((root / "torchvision").resolve())]
 
-    def decode(self, source: str, location: str, root: Path) -> DecodedSource:
+    def decode(self, source: str, location: str, root: Path, size: int = IMAGE_SIZE) -> DecodedSource:
         from torchvision import datasets
 
         dataset_class = datasets.CIFAR10 if self.usage == "cifar10" else datasets.CIFAR100
@@ -32,7 +33,8 @@ class TorchvisionCifar(SourceKind):
                         f"({type(error).__name__}: {error}). Offline? Put the torchvision archive there, or use "
                         f"another source (parquet:PATH, imagefolder:DIR, digits)") from None
         train, test = (
-            ImageArrays(np.ascontiguousarray(p.data.transpose(0, 3, 1, 2)), np.asarray(p.targets, dtype=np.int64))
+            ImageArrays(resized(np.ascontiguousarray(p.data.transpose(0, 3, 1, 2)), size),
+                        np.asarray(p.targets, dtype=np.int64))
             for p in parts
         )
         return DecodedSource(train, test, tuple(parts[0].classes))

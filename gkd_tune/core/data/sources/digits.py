@@ -23,12 +23,12 @@ class Digits(SourceKind):
 
         return [sklearn.__version__]
 
-    def decode(self, source: str, location: str, root: Path) -> DecodedSource:
+    def decode(self, source: str, location: str, root: Path, size: int = IMAGE_SIZE) -> DecodedSource:
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         small = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0  # N x 1 x 8 x 8 in [0, 1]
-        large = F.interpolate(small, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
+        large = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
         images = (large.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).numpy()
         everything = ImageArrays(images, digits.target.astype(np.int64))
         from sklearn.model_selection import train_test_split

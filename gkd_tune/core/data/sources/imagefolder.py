@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DataSourceError, DecodedSource, FilesKind, ImageArrays, to_nchw_uint8
+from .base import IMAGE_SIZE, DataSourceError, DecodedSource, FilesKind, ImageArrays, to_nchw_uint8
 
 
 class ImageFolderTree(FilesKind):
@@ -26,7 +26,7 @@ class ImageFolderTree(FilesKind):
         to_nchw_uint8(source, [lambda: default_loader(folder.samples[0][0])], str(root / "train"))  # it decodes
         return np.asarray(folder.targets, dtype=np.int64), []
 
-    def decode(self, source: str, location: str, root: Path) -> DecodedSource:
+    def decode(self, source: str, location: str, root: Path, size: int = IMAGE_SIZE) -> DecodedSource:
         from torchvision.datasets import ImageFolder
         from torchvision.datasets.folder import default_loader
 
@@ -44,7 +44,7 @@ class ImageFolderTree(FilesKind):
                                               f"{expected_classes}")
             pictures = [(lambda p=p: default_loader(p)) for p, _ in folder.samples]
             labels = np.asarray(folder.targets, dtype=np.int64)
-            return ImageArrays(to_nchw_uint8(source, pictures, str(split_dir)), labels), folder.classes
+            return ImageArrays(to_nchw_uint8(source, pictures, str(split_dir), size), labels), folder.classes
 
         train, classes = read(root / "train")
         test = read(root / "test", classes)[0] if (root / "test").is_dir() else None

@@ -10,17 +10,18 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import error_line
-from .base import DataSourceError, DecodedSource, FilesKind, ImageArrays, class_names_for, to_nchw_uint8
+from .base import (IMAGE_SIZE, DataSourceError, DecodedSource, FilesKind, ImageArrays, class_names_for,
+                   to_nchw_uint8)
 
 
 class ParquetFiles(FilesKind):
     usage = "parquet:PATH"
 
-    def decode(self, source: str, location: str, root: Path) -> DecodedSource:
+    def decode(self, source: str, location: str, root: Path, size: int = IMAGE_SIZE) -> DecodedSource:
         train_files, test_files, _ = split_files(source, location)
 
         def read_all(files):
-            parts = [read_parquet_file(source, f) for f in files]
+            parts = [read_parquet_file(source, f, size) for f in files]
             arrays = ImageArrays(
                 np.concatenate([p[0].images for p in parts]), np.concatenate([p[0].labels for p in parts])
             )
@@ -90,8 +91,8 @@ def check_labels(source: str, path: Path, column, label_column: str) -> None:
                                       (" with nulls" if column.null_count else ""))
 
 
-def read_images_and_labels(source: str, path: Path, table, image_column: str,
-                           label_column: str) -> tuple[ImageArrays, list[str] | None]:
+def read_images_and_labels(source: str, path: Path, table, image_column: str, label_column: str,
+                           size: int = IMAGE_SIZE) -> tuple[ImageArrays, list[str] | None]:
     from PIL import Image
 
     images = table.column(image_column).combine_chunks()
@@ -105,17 +106,18 @@ def read_images_and_labels(source: str, path: Path, table, image_column: str,
     column = table.column(label_column)
     check_labels(source, path, column, label_column)
     labels = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64)
-    return ImageArrays(to_nchw_uint8(source, pictures, str(path)), labels), _parquet_class_names(table, label_column)
+    return ImageArrays(to_nchw_uint8(source, pictures, str(path), size), labels), \
+        _parquet_class_names(table, label_column)
 
 
-def read_parquet_file(source: str, path: Path) -> tuple[ImageArrays, list[str] | None]:
+def read_parquet_file(source: str, path: Path, size: int = IMAGE_SIZE) -> tuple[ImageArrays, list[str] | None]:
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
     except Exception as error:
         raise DataSourceError(source, f"cannot read parquet file {path}: {error}") from None
-    return read_images_and_labels(source, path, table, *columns_of(source, path, table.column_names))
+    return read_images_and_labels(source, path, table, *columns_of(source, path, table.column_names), size)
 
 
 def _parquet_class_names(table, label_column: str) -> list[str] | None:
