@@ -8,12 +8,13 @@ place that makes or restores a `tune.Tuner`.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from .cli import EXIT_INTERRUPTED
 from .cluster.preflight import check_shared_with_cluster, check_storage, read_storage, wait_for_cluster_resources
 from .cluster.runtime import acquire_sweep_lock, connect_to_ray, end_leftovers, task_results, trial_task
-from .core.files import TEACHER_FILE
+from .core.files import STUDENT_WEIGHTS_FILE, TEACHER_FILE
 from .sweep.resume import check_resume, record, repair_lost_checkpoints
 from .sweep.space import SweepSpec
 from .sweep.storage import WORKER_SCRATCH_DIR, SweepStorage, trial_dirname
@@ -118,6 +119,7 @@ def run_on_ray(trials: Trials, storage: SweepStorage) -> int:
     wanted = [(teacher_spec, folder) for teacher_spec, folder in teachers
               if not (trials.resume and folder.exists(TEACHER_FILE))]
     metadata = prepare_teachers(wanted)
+    publish_student_weights(spec, storage)
     tracker = SweepTracker(spec, storage.location)
     try:
         trainable = tune.with_resources(trials.trainable(storage, teachers),
@@ -170,6 +172,19 @@ def prepare_teachers(teachers: list[tuple[SweepSpec, SweepStorage]]) -> list[dic
     for _, folder in teachers:
         publish_teacher(folder)
     return [metadata[i] for i in range(len(teachers))]
+
+
+def publish_student_weights(spec: SweepSpec, storage: SweepStorage) -> None:
+    """A given student_weights file, checked here against the student (all or nothing, keys named) and put in the
+    sweep's storage, where every trial reads it."""
+    if not spec.student_weights or storage.exists(STUDENT_WEIGHTS_FILE):
+        return
+    from .core.data import load_splits
+    from .core.models import initial_student
+
+    classes = load_splits(spec.data.source, spec.data.val_fraction, image_size=spec.data.image_size).num_classes
+    initial_student(Path(spec.student_weights), spec.student, classes)
+    storage.put(Path(spec.student_weights), STUDENT_WEIGHTS_FILE)
 
 
 def publish_teacher(storage: SweepStorage) -> None:

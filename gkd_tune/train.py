@@ -23,7 +23,7 @@ from .core.distillers import DistillConfig, build_distiller, distillation_method
 from .core.errors import error_line
 from .core.files import STUDENT_FILE
 from .core.loop import Trainer, TrainConfig, evaluation_loader
-from .core.models import MODELS, REFERENCE_FORMS, build_model, model_name, save_model
+from .core.models import MODELS, REFERENCE_FORMS, build_model, initial_student, model_name, save_model
 from .core.params import add_flags, flatten, from_flags
 from .core.teacher import TeacherSpec, obtain_teacher
 
@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--student", required=True, type=model_name, metavar="ARCH",
                      help=f"one of: {', '.join(MODELS)}, or {REFERENCE_FORMS}")
+    run.add_argument("--student-weights", type=Path, help="a file the student starts from: a gkd-tune model file or "
+                     "the model's own state_dict (timm, torchvision); a classifier for another class count is left "
+                     "fresh")
     run.add_argument("--out", type=Path, required=True, help="directory for the checkpoint and metrics")
     run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     run.add_argument("--test", action="store_true", help="evaluate the final student once on the test split (after "
@@ -88,7 +91,8 @@ def run(args: argparse.Namespace) -> Path:
         teacher, _, _ = obtain_teacher(splits, teacher_spec.arch, teacher_spec.recipe, data.val_fraction,
                                        checkpoint=given, compile=train_config.compile)
     torch.manual_seed(train_config.seed)  # the student's initial weights do not depend on whether the teacher was cached
-    student = build_model(args.student, splits.num_classes)
+    student = initial_student(args.student_weights.expanduser(), args.student, splits.num_classes) \
+        if args.student_weights else build_model(args.student, splits.num_classes)
     trainer = Trainer(build_distiller(distill_config, student, teacher), splits, train_config)
     print(trainer.data_line, flush=True)
 

@@ -171,3 +171,35 @@ def test_weights_that_do_not_fit_are_one_line_naming_the_keys(tmp_path):
         load_model(tmp_path / "imagenet.pth", "resnet8", 10)
     with pytest.raises(ValueError, match=r"holds bare weights, not a gkd-tune model file: name its architecture"):
         load_model(tmp_path / "imagenet.pth")
+
+
+def test_a_student_starts_from_weights_for_another_class_count_with_a_fresh_classifier(tmp_path):
+    from torchvision import models
+
+    from gkd_tune.core.models import initial_student
+
+    imagenet = models.resnet18(num_classes=1000)
+    torch.save(imagenet.state_dict(), tmp_path / "imagenet.pth")
+    torch.manual_seed(0)
+    student = initial_student(tmp_path / "imagenet.pth", "torchvision:resnet18", 10)
+    assert torch.equal(student.features[0].weight, imagenet.conv1.weight)  # the backbone, loaded
+    assert student.head[2].weight.shape == (10, 512)  # the classifier, fresh for 10 classes
+    # a gkd-tune model file starts a student too, and a file for another arch is refused in one line
+    from gkd_tune.core.models import save_model
+
+    save_model(tmp_path / "zoo.pt", build_model("resnet8", 4))
+    assert initial_student(tmp_path / "zoo.pt", "resnet8", 10).head[2].weight.shape == (10, 64)
+    with pytest.raises(ValueError, match=r"zoo.pt holds a resnet8, the student is a resnet14"):
+        initial_student(tmp_path / "zoo.pt", "resnet14", 10)
+    with pytest.raises(ValueError, match=r"imagenet.pth: its weights do not fit timm:resnet10t: missing: "):
+        initial_student(tmp_path / "imagenet.pth", "timm:resnet10t", 10)
+
+
+def test_student_weights_in_a_space_must_exist(tmp_path):
+    from gkd_tune.sweep.space import SpaceError, parse_space
+
+    with pytest.raises(SpaceError, match=r"student_weights: file .*nothing.pt does not exist"):
+        parse_space({"name": "s", "student_weights": str(tmp_path / "nothing.pt")})
+    (tmp_path / "w.pt").write_bytes(b"")
+    assert parse_space({"name": "s", "student_weights": str(tmp_path / "w.pt")}).student_weights == str(
+        tmp_path / "w.pt")

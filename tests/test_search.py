@@ -314,6 +314,12 @@ def test_a_baseline_runs_exactly_its_grid_without_optuna_and_tests_each_trial_on
                      storage_path=str(tmp_path / "runs"), tracking={"uri": f"sqlite:///{tmp_path}/m.db"})
     baselines["params"].update(seed={"grid": [0, 1]}, lr=0.1)
     baselines["search"].update(max_concurrent_trials=2, test_top_k=6)
+    import torch
+
+    from gkd_tune.core.models import build_model
+
+    torch.save(build_model("resnet8", 10).state_dict(), tmp_path / "init.pt")  # every student starts from it
+    baselines["student_weights"] = str(tmp_path / "init.pt")
     (tmp_path / "baselines.yaml").write_text(yaml.safe_dump(baselines))
     monkeypatch.chdir(tmp_path)
     assert search.main(["--space", str(tmp_path / "baselines.yaml")]) == 0
@@ -323,6 +329,8 @@ def test_a_baseline_runs_exactly_its_grid_without_optuna_and_tests_each_trial_on
         (m, s) for m in ("dkd", "kd", "student") for s in ("0", "1")]
     assert all(r.data.tags["gkd_tune.outcome"] == "completed" and 0 < r.data.metrics["test_acc"] <= 1
                for r in children)
+    assert all(r.data.params["student_weights"] == str(tmp_path / "init.pt") for r in children)
+    assert (tmp_path / "runs" / baselines["name"] / "student-weights.pt").exists()
 
 
 @pytest.mark.slow

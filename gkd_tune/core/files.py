@@ -15,6 +15,7 @@ TEACHER_FILE = "teacher.pt"
 # In each Ray Tune checkpoint of a trial: the full trainer state (to continue) and the student alone (to use).
 TRAINER_FILE = "trainer.pt"
 STUDENT_FILE = "student.pt"
+STUDENT_WEIGHTS_FILE = "student-weights.pt"  # in a sweep's storage: the given student_weights, for every trial
 # In a sweep's storage folder: the space file it started with, overrides written in (what --resume compares, what
 # a report reads); in a reproduction's, its configuration likewise (resume.py).
 SPACE_FILE = "space.yaml"

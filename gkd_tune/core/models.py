@@ -229,13 +229,13 @@ def reference_problem(name: str) -> str | None:
     return None if callable(factory) else f"{name} is not callable"
 
 
-def _torchvision_split(name: str, num_classes: int, weights: dict | None, source: str
+def _torchvision_split(name: str, num_classes: int, weights: dict | None, fit: tuple
                        ) -> tuple[nn.Module, nn.Module]:
     from torchvision import models
 
     net = models.get_model(name, weights=None, num_classes=num_classes)  # no download: weights come from files
     if weights is not None:
-        load_weights(net, weights, source, f"torchvision:{name}")
+        load_weights(net, weights, *fit)
     if name.startswith(("resnet", "resnext", "wide_resnet")):
         features = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3,
                                  net.layer4)
@@ -267,7 +267,8 @@ class _TimmHead(nn.Module):
         return self.net.forward_head(feature_map)
 
 
-def _from_reference(name: str, num_classes: int, weights: dict | None = None, source: str = "") -> SplitNet:
+def _from_reference(name: str, num_classes: int, weights: dict | None = None, fit: tuple = ("", "", None)
+                    ) -> SplitNet:
     if ":" not in name:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}, or {REFERENCE_FORMS}")
     problem = reference_problem(name)
@@ -279,15 +280,15 @@ def _from_reference(name: str, num_classes: int, weights: dict | None = None, so
 
         net = timm.create_model(target, pretrained=False, num_classes=num_classes)
         if weights is not None:
-            load_weights(net, weights, source, name)
+            load_weights(net, weights, *fit)
         features, head = _TimmFeatures(net), _TimmHead(net)
     elif scheme == "torchvision":
-        features, head = _torchvision_split(target, num_classes, weights, source)
+        features, head = _torchvision_split(target, num_classes, weights, fit)
     else:
         made = getattr(importlib.import_module(scheme), target)(num_classes=num_classes)
         if weights is not None:  # the factory's own module, or its (features, head) as a SplitNet's keys
             load_weights(made if isinstance(made, nn.Module) else nn.ModuleDict(
-                {"features": made[0], "head": made[1]}), weights, source, name)
+                {"features": made[0], "head": made[1]}), weights, *fit)
         if isinstance(made, tuple) and len(made) == 2:
             features, head = made
         elif hasattr(made, "features") and hasattr(made, "head"):
@@ -302,18 +303,21 @@ def _from_reference(name: str, num_classes: int, weights: dict | None = None, so
     return SplitNet(features, channels, num_classes, head=head)
 
 
-def build_model(name: str, num_classes: int, weights: dict | None = None, source: str = "") -> SplitNet:
+def build_model(name: str, num_classes: int, weights: dict | None = None, source: str = "",
+                new_classifier: bool = False) -> SplitNet:
     """A model: one of the CIFAR zoo by name (see MODELS), or a reference to the user's (timm:NAME,
     torchvision:NAME, package.module:factory), never with downloaded weights. `weights`: a state_dict from
-    `source` with the model's own keys (timm's or torchvision's for a reference)."""
+    `source` with the model's own keys (timm's or torchvision's for a reference); `new_classifier`: a student
+    initialised from weights for another class count keeps its fresh classifier (load_weights)."""
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    fit = (source, name, num_classes if new_classifier else None)
     if name in MODELS:
         net = MODELS[name](num_classes)
         if weights is not None:
-            load_weights(net, weights, source, name)
+            load_weights(net, weights, *fit)
     else:
-        net = _from_reference(name, num_classes, weights, source)
+        net = _from_reference(name, num_classes, weights, fit)
     net.arch = name
     return net
 
@@ -329,9 +333,15 @@ def bare_weights(saved) -> dict | None:
     return None
 
 
-def load_weights(module: nn.Module, weights: dict, source: str, name: str) -> None:
-    """weights into module, all or nothing: every mismatch named in one line."""
+def load_weights(module: nn.Module, weights: dict, source: str, name: str, new_classes: int | None = None) -> None:
+    """weights into module, all or nothing: every mismatch named in one line. With `new_classes`, the classifier's
+    tensors (those whose first dimension is the class count, and another in the weights) keep their fresh values:
+    weights of an ImageNet model start a student of 10 classes."""
     own = module.state_dict()
+    if new_classes is not None:
+        kept = {k for k in own if k in weights and own[k].ndim and own[k].shape[0] == new_classes
+                and weights[k].shape[0] != new_classes and weights[k].shape[1:] == own[k].shape[1:]}
+        weights = {**weights, **{k: own[k] for k in kept}}
     problems = []
     for what, keys in (("missing", [k for k in own if k not in weights]),
                        ("unexpected", [k for k in weights if k not in own]),
@@ -342,6 +352,26 @@ def load_weights(module: nn.Module, weights: dict, source: str, name: str) -> No
     if problems:
         raise ValueError(f"{source}: its weights do not fit {name}: {'; '.join(problems)}")
     module.load_state_dict(weights)
+
+
+def initial_student(path: Path, arch: str, num_classes: int) -> SplitNet:
+    """A student of `arch` started from the weights in `path` (a gkd-tune model file, or the model's own
+    state_dict), its classifier fresh where the weights were for another class count."""
+    try:
+        saved = load_checked(path, map_location="cpu")
+    except FileNotFoundError:
+        raise ValueError(f"student weights {path} do not exist") from None
+    weights = bare_weights(saved)
+    if weights is None and isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):
+        weights = saved["state_dict"]  # a gkd-tune model file: SplitNet's own keys
+        if saved.get("arch") != arch:
+            raise ValueError(f"{path} holds a {saved.get('arch')}, the student is a {arch}")
+        net = build_model(arch, num_classes)
+        load_weights(net, weights, str(path), arch, num_classes)
+        return net
+    if weights is None:
+        raise ValueError(f"{path} holds no weights (a state_dict, or a gkd-tune model file)")
+    return build_model(arch, num_classes, weights=weights, source=str(path), new_classifier=True)
 
 
 def file_part(name: str) -> str:
@@ -402,6 +432,8 @@ def load_model(path: Path, arch: str | None = None, num_classes: int | None = No
         if arch is None or num_classes is None:
             raise ValueError(f"{path} holds bare weights, not a gkd-tune model file: name its architecture")
         return build_model(arch, num_classes, weights=weights, source=str(path)), {"weights_from": str(path)}
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} is not a gkd-tune model file: it holds a {type(saved).__name__}")
     try:
         found_arch, found_classes = saved["arch"], saved["num_classes"]
     except Exception as error:

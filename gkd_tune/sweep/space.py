@@ -119,6 +119,7 @@ class SweepSpec:
     data: DataSpec = field(default_factory=DataSpec)
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     student: str = "resnet8"
+    student_weights: str | None = None  # a file the student starts from (its classifier fresh for other classes)
     # the `training` section: TrainConfig's settings that are not searched (a trial's lr and weight_decay come
     # from `params`)
     training: TrainConfig = field(default_factory=TrainConfig)
@@ -195,19 +196,21 @@ class TrialPlan:
     student: str
     teacher: TeacherSpec
     data: DataSpec
+    student_weights: str | None = None  # the given file (the trials read its copy in the sweep's storage)
 
     @classmethod
     def resolve(cls, spec: SweepSpec, values: dict[str, Any]) -> "TrialPlan":
         """From the trial's sampled values (plus the fixed ones and defaults); ValueError for an invalid mix."""
         chosen = chosen_values(spec, values)
         return cls(build(DistillConfig, chosen), build(TrainConfig, {**flatten(spec.training), **chosen}),
-                   spec.student, spec.teacher, spec.data)
+                   spec.student, spec.teacher, spec.data, spec.student_weights)
 
     @property
     def params(self) -> dict[str, Any]:
         """By public name: a trial run's MLflow params, the report's param.* columns, a student file's params. As
         JSON has them (a tuple is a list), so that every reader shows the same text."""
         params = {**flatten(self.distill), **flatten(self.train), "student": self.student,
+                  **({"student_weights": self.student_weights} if self.student_weights else {}),
                   **_prefixed("teacher", self.teacher), **_prefixed("data", self.data)}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
 
@@ -218,7 +221,8 @@ class TrialPlan:
     def from_json(cls, text: str) -> "TrialPlan":
         params = json.loads(text)
         return cls(build(DistillConfig, params), build(TrainConfig, params), params["student"],
-                   build(TeacherSpec, _unprefixed("teacher", params)), build(DataSpec, _unprefixed("data", params)))
+                   build(TeacherSpec, _unprefixed("teacher", params)), build(DataSpec, _unprefixed("data", params)),
+                   params.get("student_weights"))
 
 
 def sweep_params(spec: SweepSpec) -> dict[str, Any]:
@@ -300,8 +304,8 @@ class _Reader:
         return Distribution(dist, (low, high))
 
 
-TOP_LEVEL = ["name", "data", "teacher", "student", "training", "params", "search", "resources", "tracking",
-             "storage_path"]
+TOP_LEVEL = ["name", "data", "teacher", "student", "student_weights", "training", "params", "search", "resources",
+             "tracking", "storage_path"]
 
 
 def parse_space(raw: Any, file: Path | str = "<space>") -> SweepSpec:
@@ -327,6 +331,12 @@ def parse_space(raw: Any, file: Path | str = "<space>") -> SweepSpec:
         reader.fail("teacher.checkpoint", f"file {teacher.checkpoint} does not exist")
     student = reader.value(Setting("student", (), str, "resnet8", Param("", choices=MODEL_NAMES)),
                            raw.get("student", "resnet8"), "student")
+    student_weights = raw.get("student_weights")
+    if student_weights is not None:
+        student_weights = reader.value(text, student_weights, "student_weights")
+        if not Path(student_weights).expanduser().is_file():
+            reader.fail("student_weights", f"file {student_weights} does not exist")
+        student_weights = str(Path(student_weights).expanduser().resolve())
     training = reader.section(TrainConfig, raw.get("training"), "training", searchable=False)
     search = reader.section(SearchSettings, raw.get("search"), "search")
     if search.grace_period > training.max_epochs:
@@ -338,7 +348,8 @@ def parse_space(raw: Any, file: Path | str = "<space>") -> SweepSpec:
     _check_beta_bounds(reader, params)
     _check_search(reader, params, search)
     storage = reader.value(text, raw.get("storage_path", SweepSpec.storage_path), "storage_path")
-    return SweepSpec(name, str(file), data, teacher, student, training, params, search, resources, tracking, storage)
+    return SweepSpec(name, str(file), data, teacher, student, student_weights, training, params, search, resources,
+                     tracking, storage)
 
 
 def _check_beta_bounds(reader: _Reader, params: dict) -> None:

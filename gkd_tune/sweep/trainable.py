@@ -20,9 +20,9 @@ from ray import tune
 from ..core.data import load_splits
 from ..core.distillers import Distiller, build_distiller, distillation_method
 from ..core.errors import error_line
-from ..core.files import STUDENT_FILE, TEACHER_FILE, TRAINER_FILE
+from ..core.files import STUDENT_FILE, STUDENT_WEIGHTS_FILE, TEACHER_FILE, TRAINER_FILE
 from ..core.loop import OUTCOME, Trainer, default_device, evaluate, evaluation_loader
-from ..core.models import build_model, load_model, save_model
+from ..core.models import build_model, initial_student, load_model, save_model
 from ..core.teacher import TeacherProgress, obtain_teacher
 from .resume import KNOWN_EPOCH_FILE
 from .space import PLAN_KEY, SweepSpec, TrialPlan
@@ -124,7 +124,12 @@ def set_up_trial(plan: TrialPlan, storage: SweepStorage) -> Trainer:
             teacher_file = storage.get(TEACHER_FILE, Path(directory) / TEACHER_FILE)
             teacher, _ = load_model(teacher_file, plan.teacher.arch, splits.num_classes)
     torch.manual_seed(plan.train.seed)
-    student = build_model(plan.student, splits.num_classes)
+    if plan.student_weights:
+        with tempfile.TemporaryDirectory() as directory:
+            given = storage.get(STUDENT_WEIGHTS_FILE, Path(directory) / STUDENT_WEIGHTS_FILE)
+            student = initial_student(given, plan.student, splits.num_classes)
+    else:
+        student = build_model(plan.student, splits.num_classes)
     return Trainer(build_distiller(plan.distill, student, teacher), splits, plan.train)
 
 
