@@ -17,7 +17,7 @@ from .cluster.runtime import acquire_sweep_lock, connect_to_ray, end_leftovers, 
 from .core.files import STUDENT_WEIGHTS_FILE, TEACHER_FILE
 from .sweep.resume import check_resume, record, repair_lost_checkpoints
 from .sweep.space import SweepSpec
-from .sweep.storage import WORKER_SCRATCH_DIR, SweepStorage, trial_dirname
+from .sweep.storage import WORKER_SCRATCH_DIR, SweepStorage, trial_dirname, trial_name
 
 
 @dataclass
@@ -132,7 +132,8 @@ def run_on_ray(trials: Trials, storage: SweepStorage) -> int:
             tuner = tune.Tuner(
                 trainable, param_space=settings.param_space,
                 tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent_trials,
-                                            trial_dirname_creator=trial_dirname, **settings.tune_config),
+                                            trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
+                                            **settings.tune_config),
                 run_config=tune.RunConfig(
                     name=spec.name, storage_path=storage.tune_path.rsplit("/", 1)[0],
                     storage_filesystem=storage.tune_filesystem, callbacks=settings.callbacks,

@@ -171,8 +171,8 @@ def test_dkd_equals_the_reference_formula(tau):
     from gkd_tune.core.distillers.dkd import dkd_terms
 
     torch.manual_seed(0)
-    student, teacher, labels = torch.randn(16, 10, dtype=torch.float64) * 3, torch.randn(16, 10, dtype=torch.float64) * 3, \
-        torch.randint(0, 10, (16,))
+    student, teacher = (torch.randn(16, 10, dtype=torch.float64) * 3 for _ in range(2))
+    labels = torch.randint(0, 10, (16,))
     tckd, nckd = dkd_terms(student, teacher, labels, tau)
     torch.testing.assert_close(1.0 * tckd + 8.0 * nckd, reference_dkd(student, teacher, labels, 1.0, 8.0, tau))
     torch.testing.assert_close(tckd, reference_dkd(student, teacher, labels, 1.0, 0.0, tau))

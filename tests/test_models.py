@@ -165,7 +165,8 @@ def test_weights_that_do_not_fit_are_one_line_naming_the_keys(tmp_path):
 
     torch.save(models.resnet18(num_classes=1000).state_dict(), tmp_path / "imagenet.pth")
     with pytest.raises(ValueError, match=r"imagenet.pth: its weights do not fit torchvision:resnet18: of another "
-                                         r"shape: fc.weight \(1000, 512\) vs \(10, 512\), fc.bias \(1000,\) vs \(10,\)$"):
+                                         r"shape: fc.weight \(1000, 512\) vs \(10, 512\), "
+                                         r"fc.bias \(1000,\) vs \(10,\)$"):
         load_model(tmp_path / "imagenet.pth", "torchvision:resnet18", 10)
     with pytest.raises(ValueError, match=r"its weights do not fit resnet8: missing: .*\(\+\d+ more\); unexpected: "):
         load_model(tmp_path / "imagenet.pth", "resnet8", 10)

@@ -59,7 +59,8 @@ def test_a_cluster_that_does_not_provide_a_trials_resources_in_time_is_named_not
 
     from gkd_tune.cluster.preflight import cluster_spans_nodes, wait_for_cluster_resources
 
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False)
+    # a Ray of its own: a plain ray.init() joins any cluster a stale ray_current_cluster file names
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False)
     try:
         assert not cluster_spans_nodes()  # a Ray of its own: one node, and no autoscaler to add any
         wait_for_cluster_resources(spec(cpu=2))  # provided at once: silent

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 import pytest
 
 from gkd_tune.core.loop import Trainer
-from gkd_tune.sweep.report import checkpoint_location, mlflow_ui_hint, outcome_counts, summarise, winners
+from gkd_tune.sweep.report import mlflow_ui_hint, outcome_counts, summarise, winners
 from gkd_tune.sweep.space import parse_space
 
 
@@ -19,19 +19,6 @@ def test_a_tracking_server_is_already_the_ui():
     assert hint.startswith("open http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=gkd-tune")
     assert "cluster/README.md" in hint
     assert "mlflow ui" not in hint
-
-
-def checkpoint(type_name, path):
-    return SimpleNamespace(filesystem=SimpleNamespace(type_name=type_name), path=path)
-
-
-def test_checkpoint_locations_can_be_typed_elsewhere():
-    assert checkpoint_location(checkpoint("local", "/runs/s/t/checkpoint_000003")) == "/runs/s/t/checkpoint_000003"
-    assert checkpoint_location(checkpoint("s3", "bucket/runs/s/t/c")) == "s3://bucket/runs/s/t/c"
-    assert checkpoint_location(checkpoint("gcs", "bucket/runs/s/t/c")) == "gs://bucket/runs/s/t/c"
-    # an S3-compatible store: the endpoint Tune's path has lost comes back from the storage path
-    assert checkpoint_location(checkpoint("s3", "bucket/runs/s/t/c"), "s3://bucket/runs?endpoint_override=h:1",
-                               "student.pt") == "s3://bucket/runs/s/t/c/student.pt?endpoint_override=h:1"
 
 
 def result(trial_id, epoch, value, metric, loss=1.0, error=None, max_epochs=4):

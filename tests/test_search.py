@@ -289,7 +289,7 @@ def test_stopped_trials_are_pruned_for_optuna_full_budget_trials_rank_the_rungs_
     assert (tmp_path / "again" / "summary.md").read_text() == summary
     assert client.get_run(parent[0].info.run_id).info.status == "FINISHED"
     assert "8 trials: " in out and "stopped by asha" in out
-    assert all(re.fullmatch(r"t\d\d b=\S+ c=\S+", r.info.run_name) for r in children), [r.info.run_name for r in children]
+    assert all(re.fullmatch(r"t\d\d", r.info.run_name) for r in children), [r.info.run_name for r in children]
     assert "Experiment state snapshotting" not in out
 
     # a --resume of the finished sweep prints the answer again and tests nothing again

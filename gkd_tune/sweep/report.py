@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
+import tempfile
 from pathlib import Path
 
 from ..core.distillers import distillation_method
@@ -17,7 +18,7 @@ from ..core.errors import error_line
 from ..core.files import STUDENT_FILE
 from ..core.loop import OUTCOME
 from .space import PLAN_KEY, SweepSpec, TrialPlan
-from .storage import split_query
+from .storage import SweepStorage, name_from_folder
 from .strategy import COMPLETED, DIVERGED, FAILED, SETUP_ERROR, STOPPED, trial_outcome
 from .tracking import VIEW_KEY, SweepTracker, short
 
@@ -36,18 +37,6 @@ def mlflow_ui_hint(uri: str, experiment_id: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/{page}"
 
 
-def checkpoint_location(checkpoint, storage_path: str = "", file: str = "") -> str:
-    """A Tune checkpoint's folder, or a `file` in it, as a path or URI (s3://...) that can be typed elsewhere: with
-    the query string of the sweep's storage_path (an S3-compatible store's endpoint_override), which Tune's path
-    has lost."""
-    path = f"{checkpoint.path}/{file}" if file else checkpoint.path
-    filesystem = checkpoint.filesystem
-    if filesystem is None or filesystem.type_name == "local":
-        return path
-    scheme = {"gcs": "gs"}.get(filesystem.type_name, filesystem.type_name)  # pyarrow's name -> the URI scheme
-    return f"{scheme}://{path}{split_query(storage_path)[1]}"
-
-
 @dataclass
 class TrialSummary:
     """One trial as the summary sees it: its outcome decided once (strategy.trial_outcome), its plan as it
@@ -62,6 +51,10 @@ class TrialSummary:
     test: dict | None = None  # test_loss, test_acc: filled for the top-k after the sweep
     history: list = field(default_factory=list)  # every epoch's result, in order
     plan: TrialPlan | None = None
+    name: str = ""  # 't07', its folder's (storage.trial_name): what the console, the report and MLflow call it
+
+    def __post_init__(self):
+        self.name = self.name or self.trial_id
 
     @property
     def params(self) -> dict:
@@ -78,10 +71,11 @@ def summarise(results, spec: SweepSpec) -> list[TrialSummary]:
         frame = result.metrics_dataframe  # None: a trial with no result yet
         rows = [] if frame is None or frame.empty else frame.to_dict("records")
         announced = next((row[PLAN_KEY] for row in rows if isinstance(row.get(PLAN_KEY), str)), None)
-        trials.append(TrialSummary(metrics.get("trial_id") or result.path.rsplit("/", 1)[-1], outcome, metrics,
-                                   result.config or {}, result.checkpoint, error,
+        trial_id = metrics.get("trial_id") or result.path.rsplit("/", 1)[-1]
+        trials.append(TrialSummary(trial_id, outcome, metrics, result.config or {}, result.checkpoint, error,
                                    history=one_row_per_epoch(rows),
-                                   plan=TrialPlan.from_json(announced) if announced else None))
+                                   plan=TrialPlan.from_json(announced) if announced else None,
+                                   name=name_from_folder(result.path, trial_id)))
     sign = -1 if spec.mode == "max" else 1
     trials.sort(key=lambda t: (t.outcome != COMPLETED, sign * t.metrics.get(spec.search.metric, 0.0)
                                if t.outcome == COMPLETED else 0.0))
@@ -117,11 +111,29 @@ def results_table(trials: list[TrialSummary], spec: SweepSpec) -> str:
     for rank, trial in enumerate(winners(trials)[:TOP], 1):
         test = f"{trial.test['test_acc']:>9.4f}" if trial.test else f"{'-':>9}"
         values = "  ".join(f"{short(trial.config.get(n), 4):>9}" for n in shown)
-        lines.append(f"{rank:<5}{trial.trial_id:<10}{trial.metrics[metric]:>9.4f}{test}{trial.metrics['epoch']:>8}  "
+        lines.append(f"{rank:<5}{trial.name:<10}{trial.metrics[metric]:>9.4f}{test}{trial.metrics['epoch']:>8}  "
                      f"{values}")
-    lines += [f"{t.outcome}: {t.trial_id}" + (f"  ({t.error})" if t.error else "")
+    lines += [f"{t.outcome}: {t.name}" + (f"  ({t.error})" if t.error else "")
               for t in trials if t.outcome in (DIVERGED, FAILED)]
     return "\n".join(lines)
+
+
+BEST_STUDENT = f"best/{STUDENT_FILE}"  # in a sweep's folder: a copy of its best trial's student
+
+
+def keep_best_student(top: TrialSummary, spec: SweepSpec) -> str:
+    """Copy the best trial's student to <storage>/<name>/best/student.pt; that path, relative to the working
+    directory where it is below it."""
+    storage = SweepStorage.for_sweep(spec.storage_path, spec.name)
+    with tempfile.TemporaryDirectory() as directory:
+        with top.checkpoint.as_directory() as folder:
+            local = Path(directory) / STUDENT_FILE
+            local.write_bytes((Path(folder) / STUDENT_FILE).read_bytes())
+        storage.put(local, BEST_STUDENT)
+    where = storage.describe(BEST_STUDENT)
+    if "://" not in where and Path(where).is_relative_to(Path.cwd()):
+        return f"./{Path(where).relative_to(Path.cwd())}"
+    return where
 
 
 def print_summary(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTracker) -> None:
@@ -132,9 +144,9 @@ def print_summary(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTra
     out = Path("reports") / spec.name
     write_report(trials, spec, tracker, out)
     top = winners(trials)[0]
-    student = checkpoint_location(top.checkpoint, spec.storage_path, STUDENT_FILE) if top.checkpoint else None
-    print(f"\nbest student: {student}  (gkd_tune.models.load_student; also the best run's checkpoint/student.pt "
-          f"artifact in MLflow)")
+    if top.checkpoint is not None:
+        print(f"\nbest student: {keep_best_student(top, spec)}  ({top.name}; gkd_tune.core.models.load_student; "
+              f"also its run's checkpoint/student.pt in MLflow)")
     print(f"report: {out}/ (summary.md with the hyperparameter importances, trials.parquet, curves.png, betas.png, "
           f"params.png; also on the sweep's MLflow run)")
     print(f"MLflow: {mlflow_ui_hint(spec.tracking.uri, tracker.experiment_id)}")
@@ -174,7 +186,7 @@ def epoch_rows(trial: TrialSummary, **columns) -> list[dict]:
     rows = []
     for index, result in enumerate(trial.history):
         last = index == len(trial.history) - 1
-        rows.append({**columns, "trial_id": trial.trial_id, "outcome": trial.outcome,
+        rows.append({**columns, "trial": trial.name, "trial_id": trial.trial_id, "outcome": trial.outcome,
                      **{f"param.{k}": str(v) for k, v in trial.params.items()}, **numeric(result),
                      "test_acc": trial.test["test_acc"] if last and trial.test else None,
                      "test_loss": trial.test["test_loss"] if last and trial.test else None})
@@ -220,7 +232,7 @@ def summary_markdown(trials: list[TrialSummary], spec: SweepSpec, importances: d
              "|" + "---|" * (6 + len(shown))]
     for rank, trial in enumerate(winners(trials)[:TOP], 1):
         test = f"{trial.test['test_acc']:.4f}" if trial.test else "-"
-        lines.append(f"| {rank} | {trial.trial_id} | {trial.metrics[metric]:.4f} | {test} | {trial.outcome} | "
+        lines.append(f"| {rank} | {trial.name} | {trial.metrics[metric]:.4f} | {test} | {trial.outcome} | "
                      f"{trial.metrics.get('epoch', '-')} | " + " | ".join(short(trial.config.get(n), 4) for n in shown)
                      + " |")
     lines += ["", "## Hyperparameter importance", ""]
@@ -231,7 +243,7 @@ def summary_markdown(trials: list[TrialSummary], spec: SweepSpec, importances: d
         lines.append(how)
     failed = [t for t in trials if t.outcome in (DIVERGED, FAILED)]
     if failed:
-        lines += ["", "## Diverged and failed", ""] + [f"- {t.trial_id}: {t.outcome}" + (f" ({t.error})" if t.error
+        lines += ["", "## Diverged and failed", ""] + [f"- {t.name}: {t.outcome}" + (f" ({t.error})" if t.error
                                                                                            else "") for t in failed]
     return "\n".join(lines) + "\n"
 
@@ -253,7 +265,7 @@ def report_figures(trials: list[TrialSummary], spec: SweepSpec) -> dict:
         highlighted = trial in top
         axes.plot(epochs, values, color=None if highlighted else "lightgrey", linewidth=2 if highlighted else 1,
                   marker="o", markersize=3,  # a trial stopped at its first rung is one point
-                  label=trial.trial_id if highlighted else None, zorder=3 if highlighted else 1)
+                  label=trial.name if highlighted else None, zorder=3 if highlighted else 1)
     axes.set(xlabel="epoch", ylabel=metric, title=f"{spec.name}: {metric} of {len(trials)} trials (top {len(top)} "
                                                    f"in colour)")
     if top:
@@ -264,7 +276,7 @@ def report_figures(trials: list[TrialSummary], spec: SweepSpec) -> dict:
     steps = [i / 100 for i in range(101)]
     for trial in [t for t in top if t.plan and distillation_method(t.plan.distill.method).uses_schedule]:
         schedule = trial.plan.distill.schedule
-        axes.plot([t * trial.plan.train.epochs for t in steps], [schedule(t) for t in steps], label=trial.trial_id)
+        axes.plot([t * trial.plan.train.epochs for t in steps], [schedule(t) for t in steps], label=trial.name)
     axes.set(xlabel="epoch", ylabel="beta", title=f"beta(t) of the top {len(top)} trials")
     if axes.lines:
         axes.legend(fontsize=8)

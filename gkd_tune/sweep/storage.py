@@ -15,6 +15,8 @@ policy grants exactly these prefixes, so a compromised worker cannot plant a pic
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +30,22 @@ WORKER_SCRATCH_DIR = "teacher-progress"
 TRIAL_DIR_PREFIX = "trial-"
 
 
+def trial_name(trial) -> str:
+    """'t07': the trial's number in its sweep (Tune's counter, which a restore continues). Its one name everywhere:
+    Ray's table, its folder (trial-t07), the console, the report and its MLflow run."""
+    return f"t{str(trial.experiment_tag).split('_', 1)[0].zfill(2)}"
+
+
 def trial_dirname(trial) -> str:
-    return f"{TRIAL_DIR_PREFIX}{trial.trial_id}"
+    return f"{TRIAL_DIR_PREFIX}{trial_name(trial)}"
+
+
+def name_from_folder(path: str, fallback: str) -> str:
+    """A trial's name from its folder ('.../trial-t07' -> 't07'); `fallback` for a folder named otherwise (a sweep
+    from before trials had names)."""
+    base = path.rstrip("/").rsplit("/", 1)[-1]
+    name = base.removeprefix(TRIAL_DIR_PREFIX)
+    return name if base.startswith(TRIAL_DIR_PREFIX) and re.fullmatch(r"t\d+", name) else fallback
 
 
 def is_uri(location: str) -> bool:

@@ -22,6 +22,7 @@ from ray import tune
 from ..core.distillers import distillation_method
 from ..core.files import STUDENT_FILE
 from .space import PLAN_KEY, SweepSpec, TrialPlan, sweep_params
+from .storage import trial_name
 from .strategy import DIVERGED, FAILED, SETUP_ERROR, trial_outcome
 
 SWEEP_TAG = "gkd_tune.sweep_dir"
@@ -190,11 +191,8 @@ class MlflowTrialLogger(tune.Callback):
         self.client.set_tag(run_id, SET_UP_TAG, "true")
 
     def run_name(self, trial) -> str:
-        """'t07 b=2.4 inflection=0.31 tau=6': the trial's number and what sets it apart (its id is a tag)."""
-        number = str(trial.experiment_tag).split("_", 1)[0]
-        varied = [*self.spec.searched(), *self.spec.grid()]
-        values = " ".join(f"{name}={short(trial.config[name], 2)}" for name in varied if name in trial.config)
-        return f"t{number.zfill(2)} {values}".strip()
+        """'t07': the trial's one name (storage.trial_name; its values are the run's params, its id a tag)."""
+        return trial_name(trial)
 
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
         # A trial's beta curve is drawn when its plan arrives, inside the driver's handling of that result (before
