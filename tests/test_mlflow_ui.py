@@ -64,9 +64,13 @@ def test_the_printed_link_shows_the_trials_by_outcome_and_a_val_acc_chart(tmp_pa
     from gkd_tune.sweep.report import mlflow_ui_hint
 
     uri, experiment_id, names = write_sweep(tmp_path)
-    link = mlflow_ui_hint(uri, experiment_id).split("then open ")[1]
+    from mlflow.tracking import MlflowClient
+
+    best_run = MlflowClient(uri).search_runs([experiment_id], "tags.`gkd_tune.trial_id` = 'trial003'")[0].info.run_id
+    hint = mlflow_ui_hint(uri, experiment_id, best_run)
     port = free_port()
-    url = link.replace("127.0.0.1:5000", f"127.0.0.1:{port}")
+    url, best_url = (line.split("http://")[1].replace("127.0.0.1:5000", f"http://127.0.0.1:{port}")
+                     for line in hint.splitlines()[1:])
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port), "--workers", "1"],
         cwd=tmp_path, stdout=open(tmp_path / "ui.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -101,6 +105,13 @@ def test_the_printed_link_shows_the_trials_by_outcome_and_a_val_acc_chart(tmp_pa
             page.screenshot(path=str(tmp_path / "charts.png"))
             legend = chart.first.inner_text()
             assert lines.count() >= len(names) and sum(name in legend for name in names) >= 2, legend
+            # the best trial's page, on its metric charts: its val_acc curve
+            page.goto(best_url)
+            page.get_by_text("val_acc").first.wait_for(timeout=60_000)
+            page.locator(".scatterlayer .trace").first.wait_for(timeout=60_000)  # a curve drawn
+            page.screenshot(path=str(tmp_path / "best.png"))
+            body = page.inner_text("body")
+            assert "loss_total" in body and "Evaluation runs" not in body  # in "Model training" mode, not GenAI
             browser.close()
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # `mlflow ui` starts a dozen workers in its process group

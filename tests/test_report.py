@@ -9,9 +9,18 @@ from gkd_tune.sweep.space import parse_space
 
 def test_a_sqlite_store_needs_mlflow_ui_with_an_absolute_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    hint = mlflow_ui_hint("sqlite:///mlflow.db", "3")
-    assert hint.startswith(f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db ")
-    assert hint.endswith("http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=gkd-tune")
+    import sys
+    from pathlib import Path
+
+    hint = mlflow_ui_hint("sqlite:///mlflow.db", "3", "abc")
+    command, table, best = hint.splitlines()
+    # this interpreter's mlflow, as a path that works where the sweep ran, with one worker, on loopback
+    assert command == f"{Path(sys.executable).with_name('mlflow')} ui --workers 1 --host 127.0.0.1 " \
+                      f"--backend-store-uri sqlite:///{tmp_path}/mlflow.db"
+    assert table.endswith("http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
+                          "&viewStateShareKey=gkd-tune")
+    assert best.endswith("the best trial's curves: http://127.0.0.1:5000/#/experiments/3/runs/abc/model-metrics"
+                         "?workflowType=machine_learning")
 
 
 def test_a_tracking_server_is_already_the_ui():

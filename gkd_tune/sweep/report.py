@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,16 +26,30 @@ from .tracking import VIEW_KEY, SweepTracker, short
 TOP = 5
 
 
-def mlflow_ui_hint(uri: str, experiment_id: str) -> str:
-    """How to look at the sweep's runs: a tracking server is already a UI; a store needs `mlflow ui`."""
+def mlflow_ui_hint(uri: str, experiment_id: str, best_run_id: str | None = None) -> str:
+    """How to look at the sweep's runs, as commands and links that work as printed: a tracking server is already a
+    UI; a store needs `mlflow ui` (this interpreter's, one worker: the default four crowd a small machine)."""
     # the runs table in "Model training" mode, in the sweep's saved view (tracking.VIEW_KEY: trials grouped by
     # outcome, accuracies as columns); MLflow 3's bare experiment page opens its GenAI overview instead
     page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    best = f"#/experiments/{experiment_id}/runs/{best_run_id}/model-metrics?workflowType=machine_learning" \
+        if best_run_id else ""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri.rstrip('/')}/{page} (on a cluster through the tunnel: see cluster/README.md)"
+        base = uri.rstrip("/")
+        return f"open {base}/{page} (on a cluster through the tunnel: see cluster/README.md)" + (
+            f"\n        the best trial's curves: {base}/{best}" if best else "")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())  # relative -> absolute, works anywhere
-    return f"mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/{page}"
+    mlflow = Path(sys.executable).with_name("mlflow")
+    if not mlflow.exists():
+        command = "mlflow"
+    elif mlflow.is_relative_to(Path.cwd()):
+        command = str(mlflow.relative_to(Path.cwd()))
+    else:
+        command = str(mlflow)
+    return (f"{command} ui --workers 1 --host 127.0.0.1 --backend-store-uri {uri}\n        then open "
+            f"http://127.0.0.1:5000/{page}" + (f"\n        the best trial's curves: http://127.0.0.1:5000/{best}"
+                                               if best else ""))
 
 
 @dataclass
@@ -149,7 +164,7 @@ def print_summary(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTra
               f"also its run's checkpoint/student.pt in MLflow)")
     print(f"report: {out}/ (summary.md with the hyperparameter importances, trials.parquet, curves.png, betas.png, "
           f"params.png; also on the sweep's MLflow run)")
-    print(f"MLflow: {mlflow_ui_hint(spec.tracking.uri, tracker.experiment_id)}")
+    print(f"MLflow: {mlflow_ui_hint(spec.tracking.uri, tracker.experiment_id, tracker.trial_run_id(top.trial_id))}")
 
 
 # ------------------------------------------------------------------------------------------- the report as files
