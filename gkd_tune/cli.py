@@ -23,10 +23,13 @@ def shared_options(*, without_address: str | None = OWN_RAY, sweep: bool = True)
     --storage-path and --tracking-uri where it has a sweep's storage and runs (`sweep`), --debug always."""
     parent = argparse.ArgumentParser(add_help=False)
     if sweep:
-        parent.add_argument("--storage-path", type=storage_location, help="where the trials' checkpoints and the teacher go (overrides "
+        parent.add_argument("--storage-path", type=storage_location,
+                            help="where the trials' checkpoints and the teacher go (overrides "
                             "storage_path): a folder, or a URI such as s3://bucket/prefix (an S3-compatible store: "
                             "s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http); on a cluster of several "
                             "nodes, storage every node can read")
+        parent.add_argument("--verbose", action="store_true", help="show Ray Tune's status tables and Ray's own log "
+                            "lines, instead of one line per trial event")
         parent.add_argument("--tracking-uri", help="MLflow tracking URI (overrides tracking.uri; default "
                             "sqlite:///mlflow.db in the working directory); on a cluster of several nodes, a tracking "
                             "server such as http://127.0.0.1:5000 (cluster/gpu.yaml's, on the head)")

@@ -38,9 +38,10 @@ class Trials:
     safe_changes: frozenset[str] = frozenset()
 
     def __init__(self, spec: SweepSpec, configuration: dict, resume: bool, address: str | None,
-                 accept_changes: bool = False):
+                 accept_changes: bool = False, verbose: bool = False):
         self.spec, self.configuration = spec, configuration
         self.resume, self.address, self.accept_changes = resume, address, accept_changes
+        self.verbose = verbose  # Ray Tune's tables and Ray's log lines, instead of one line per trial event
 
     @property
     def count(self) -> int:
@@ -95,7 +96,7 @@ def run(trials: Trials) -> int:
             for trial_id in repair_lost_checkpoints(storage):
                 print(f"trial {trial_id}: its checkpoint in the saved sweep state was deleted as the driver was "
                       f"killed; it continues from the next one", flush=True)
-        joined = connect_to_ray(trials.address, storage=storage)
+        joined = connect_to_ray(trials.address, storage=storage, quiet=not trials.verbose)
         try:
             if joined:  # a Ray started here is this one machine
                 check_shared_with_cluster(spec)
@@ -112,6 +113,7 @@ def run(trials: Trials) -> int:
 def run_on_ray(trials: Trials, storage: SweepStorage) -> int:
     from ray import tune
 
+    from .sweep.progress import ConsoleProgress
     from .sweep.tracking import SweepTracker
 
     spec = trials.spec
@@ -129,6 +131,8 @@ def run_on_ray(trials: Trials, storage: SweepStorage) -> int:
                                        storage_filesystem=storage.tune_filesystem)
         else:
             settings = trials.tune_settings(storage, tracker, metadata)
+            if not trials.verbose:  # pickled with the run: a --resume keeps its console
+                settings.callbacks.append(ConsoleProgress(trials.count, spec.search.metric))
             tuner = tune.Tuner(
                 trainable, param_space=settings.param_space,
                 tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent_trials,
@@ -137,7 +141,7 @@ def run_on_ray(trials: Trials, storage: SweepStorage) -> int:
                 run_config=tune.RunConfig(
                     name=spec.name, storage_path=storage.tune_path.rsplit("/", 1)[0],
                     storage_filesystem=storage.tune_filesystem, callbacks=settings.callbacks,
-                    verbose=1,  # status table only
+                    verbose=1 if trials.verbose else 0,  # 1: status tables; 0: the ConsoleProgress lines
                     failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         results = tuner.fit()

@@ -262,7 +262,7 @@ class ReproductionTrials(Trials):
     def __init__(self, reproduction: Reproduction, args: argparse.Namespace):
         configuration = effective(args.config, {"training.max_epochs": args.epochs, "seeds": args.seeds,
                                                 "storage_path": args.storage_path, "tracking.uri": args.tracking_uri})
-        super().__init__(reproduction.any_spec, configuration, args.resume, args.address)
+        super().__init__(reproduction.any_spec, configuration, args.resume, args.address, verbose=args.verbose)
         self.reproduction, self.args = reproduction, args
         # the spec a teacher is trained with: its first pair's, of the first method
         self.teacher_specs = {pair.teacher: reproduction.spec(i, reproduction.methods[0])

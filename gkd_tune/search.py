@@ -87,12 +87,25 @@ def plan(spec: SweepSpec) -> tuple[str, list[str]]:
         f"{spec.resources.wait_s:g} s to provide them)",
         f"searched\n{searched or '  (nothing)'}",
         *([f"grid       {listing({k: list(d.values) for k, d in spec.grid().items()})}"] if spec.grid() else []),
-        f"fixed      {listing(spec.fixed())}",
+        f"fixed      {listing(read_by_the_method(spec))}",
         f"test       the top {s.test_top_k} completed trial(s) by {s.metric}, once, after the sweep",
         f"storage    {sweep_storage(spec).location}",
         f"tracking   {spec.tracking.uri}  (experiment {spec.experiment!r})",
     ])
     return text, warnings
+
+
+def read_by_the_method(spec: SweepSpec) -> dict:
+    """The fixed values a trial uses: with one method, not the other methods' settings (a gompertz sweep's dkd_beta)."""
+    from .core.distillers import DistillConfig, method_settings
+    from .core.params import settings
+
+    fixed = spec.fixed()
+    if "method" in spec.searched() or "method" in spec.grid():
+        return fixed
+    distill = {s.name for s in settings(DistillConfig)}
+    read = set(method_settings(fixed["method"]))
+    return {k: v for k, v in fixed.items() if k in read or k not in distill}
 
 
 def resume_command_for(args: argparse.Namespace) -> str:
@@ -115,7 +128,7 @@ class SweepTrials(Trials):
     safe_changes = SAFE_TO_CHANGE
 
     def __init__(self, spec: SweepSpec, args: argparse.Namespace):
-        super().__init__(spec, effective_space(args), args.resume, args.address, args.accept_changes)
+        super().__init__(spec, effective_space(args), args.resume, args.address, args.accept_changes, args.verbose)
         self.args = args
         self.scheduler = None  # a new run's, kept for the rank correlations of its full-budget trials
 

@@ -23,7 +23,7 @@ LAYERS = {
         {"storage"},
         {"space"},
         {"strategy", "resume"},
-        {"tracking", "trainable"},
+        {"tracking", "trainable", "progress"},
         {"report", "registry"},
     ],
     "cluster": [  # where it runs: which Ray, the checks before a sweep, the doctor

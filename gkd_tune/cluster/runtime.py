@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,13 +26,30 @@ from ..sweep.trainable import LOGICAL_GPUS_ENV
 OWN_RAY_MARK = "GKD_TUNE_OWN_RAY"
 
 
-def connect_to_ray(address: str | None, own_ray: bool = True, storage: SweepStorage | None = None) -> bool:
+def connect_to_ray(address: str | None, own_ray: bool = True, storage: SweepStorage | None = None,
+                   quiet: bool = False) -> bool:
     """--address, else RAY_ADDRESS (`ray job submit` sets it), else a new Ray of this driver's own on this machine,
     where `own_ray` allows one (a sweep, whose `storage` marks its processes); Ray's own default would join whatever
     `ray start` last recorded here, or fail on a cluster that has died. A driver started with GKD_TUNE_LOGICAL_GPUS=1
     passes it to every task and trial it starts. Returns whether it joined a running cluster (False: it started a
-    Ray of its own)."""
+    Ray of its own). `quiet`: Ray's and Ray Tune's INFO lines and warnings off (their errors stay), and no colour
+    codes around the trials' lines where the output is not a terminal."""
+    import logging
+
     import ray
+
+    os.environ.setdefault("RAY_COLOR_PREFIX", "1" if sys.stdout.isatty() else "0")
+    if quiet:
+        # Ray Tune's new console output prints its header, paths and a TensorBoard hint even at verbose 0; the
+        # legacy reporter at verbose 0 prints nothing
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        import mlflow  # noqa: F401 (its import sets its loggers' level: quieted after it)
+
+        for name in ("ray", "ray.tune", "ray.train", "mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     given = address or os.environ.get("RAY_ADDRESS")
     if not given and not own_ray:
@@ -43,6 +61,7 @@ def connect_to_ray(address: str | None, own_ray: bool = True, storage: SweepStor
     os.environ.update(mark)  # while Ray starts: its processes inherit it, this driver's later children do not
     try:
         ray.init(address=address or (None if given else "local"), include_dashboard=False,
+                 logging_level=logging.ERROR if quiet else logging.INFO,
                  runtime_env={"env_vars": {LOGICAL_GPUS_ENV: "1"}} if logical else None)
     except ConnectionError as error:
         raise ValueError(f"{field}: {str(error).rstrip('.')}: check that the cluster is up (`ray status` on its head)"

@@ -8,6 +8,8 @@ best validation metric: a later sweep of the same name moves it only by doing be
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from pathlib import Path
 
@@ -58,8 +60,9 @@ def register_best(spec, tracker, trial) -> str:
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"]
             + (["gkd-tune"] if serialization == "pickle" else []))
 
-    try:
-        with mlflow.start_run(run_id=run_id):
+    try:  # (MLflow's own "Successfully registered" lines: the line this returns says it)
+        with mlflow.start_run(run_id=run_id), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             try:  # a torch.export program: loads without gkd-tune, and without unpickling code
                 info = log("pt2")
             except MlflowException:

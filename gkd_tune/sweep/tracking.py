@@ -233,10 +233,16 @@ class MlflowTrialLogger(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id, _ = self.run_for(trial)
         self.client.set_tag(run_id, OUTCOME_TAG, FAILED)
-        if trial.error_file and Path(trial.error_file).exists():  # Tune keeps the error as text: its last line
-            lines = [line for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
-            self.client.set_tag(run_id, ERROR_TAG, lines[-1][:500] if lines else "")
+        self.client.set_tag(run_id, ERROR_TAG, trial_error(trial))
         self.client.set_terminated(run_id, "FAILED")
+
+
+def trial_error(trial) -> str:
+    """The last line of the error Tune keeps as text for a failed trial ('' when it kept none)."""
+    if trial.error_file and Path(trial.error_file).exists():
+        lines = [line for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
+        return lines[-1][:500] if lines else ""
+    return ""
 
 
 def beta_curve(schedule, epochs: int):

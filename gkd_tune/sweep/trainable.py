@@ -9,6 +9,7 @@ whichever node it lands. The teacher travels by file through the sweep's shared 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -74,7 +75,14 @@ def check_gpu_visible(spec: SweepSpec) -> None:
                            f"cluster/local.yaml")
 
 
+def quiet_ray_logs() -> None:
+    """In a worker: Ray Train's INFO line for every checkpoint written or restored (hundreds in a sweep) off."""
+    for name in ("ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
+    quiet_ray_logs()
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     check_gpu_visible(spec)  # raises (retried, perhaps on another node): not a set-up error of the trial's own
     plan = None
