@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.distillers import distillation_method
@@ -24,6 +24,8 @@ from .strategy import COMPLETED, DIVERGED, FAILED, SETUP_ERROR, STOPPED, trial_o
 from .tracking import VIEW_KEY, SweepTracker, short
 
 TOP = 5
+# Completed trials below which fANOVA's importances are shown with a warning
+TRUSTED_IMPORTANCES = 10
 
 
 def mlflow_ui_hint(uri: str, experiment_id: str, best_run_id: str | None = None) -> str:
@@ -235,7 +237,15 @@ def param_importances(trials: list[TrialSummary], spec: SweepSpec) -> tuple[dict
             value=float(trial.metrics[spec.search.metric])))
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    return dict(importances), f"Optuna's fANOVA evaluator over {len(completed)} completed trials"
+    how = f"Optuna's fANOVA evaluator over {len(completed)} completed trials"
+    if len(completed) < TRUSTED_IMPORTANCES:
+        how = (f"**Indicative only**: {how}, fewer than {TRUSTED_IMPORTANCES}; a forest fitted to so few points ranks "
+               f"the parameters by chance as often as not")
+    return dict(importances), how
+
+
+def value_at(trial: TrialSummary, metric: str, epoch: int) -> float:
+    return next((r[metric] for r in trial.history if r.get("epoch") == epoch and metric in r), math.nan)
 
 
 def summary_markdown(trials: list[TrialSummary], spec: SweepSpec, importances: dict, how: str) -> str:
@@ -297,20 +307,28 @@ def report_figures(trials: list[TrialSummary], spec: SweepSpec) -> dict:
         axes.legend(fontsize=8)
     figures["betas.png"] = figure
 
+    # like with like: every trial at the last epoch all of them reached (a stopped trial's last value is from an
+    # earlier epoch than a completed one's), and the completed trials' final values beside, marked as such
     searched = list(spec.searched()) or list(spec.grid())
+    ran = [t for t in trials if any(metric in r for r in t.history)]
+    common = min((max(r["epoch"] for r in t.history if metric in r) for t in ran), default=0)
     columns = max(1, min(3, len(searched)))
     rows = max(1, math.ceil(len(searched) / columns))
     figure, grid = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
     for axes, name in zip(grid.flat, searched):
         for outcome, marker, color in ((COMPLETED, "o", "tab:blue"), (STOPPED, "x", "tab:orange")):
-            chosen = [t for t in trials if t.outcome == outcome and name in t.config and metric in t.metrics]
-            axes.scatter([t.config[name] for t in chosen], [t.metrics[metric] for t in chosen], marker=marker,
-                         color=color, label=outcome.replace("_", " "))
-        axes.set(xlabel=name, ylabel=f"final {metric}")
+            chosen = [t for t in ran if t.outcome == outcome and name in t.config]
+            axes.scatter([t.config[name] for t in chosen], [value_at(t, metric, common) for t in chosen],
+                         marker=marker, color=color, label=f"{outcome.replace('_', ' ')}, at epoch {common}")
+        final = [t for t in ran if t.outcome == COMPLETED and name in t.config]
+        axes.scatter([t.config[name] for t in final], [t.metrics[metric] for t in final], marker="o",
+                     facecolors="none", edgecolors="black",
+                     label=f"completed, final (epoch {spec.training.max_epochs})")
+        axes.set(xlabel=name, ylabel=metric)
     for axes in list(grid.flat)[len(searched):]:
         axes.set_visible(False)
-    grid.flat[0].legend(fontsize=8)
-    figure.suptitle(f"{spec.name}: each parameter against the final {metric}")
+    grid.flat[0].legend(fontsize=7)
+    figure.suptitle(f"{spec.name}: {metric} against each parameter, every trial at epoch {common}")
     figure.tight_layout()
     figures["params.png"] = figure
     for figure in figures.values():

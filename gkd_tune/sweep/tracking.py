@@ -53,7 +53,9 @@ def saved_view(spec: SweepSpec) -> str:
         "searchFilter": "", "orderByKey": f"metrics.`{spec.search.metric}`", "orderByAsc": spec.mode == "min",
         "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
         "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL", "useGroupedValuesInCharts": False,
-        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": OUTCOME_TAG}]},
+        # a group's row shows its best value (the best val_acc among the completed, the one tested test_acc), not
+        # an average over trials stopped at other epochs
+        "groupBy": {"aggregateFunction": spec.mode, "groupByKeys": [{"mode": "tag", "groupByData": OUTCOME_TAG}]},
     }
     now = int(time.time() * 1000)
     return json.dumps({"name": "gkd-tune: trials by outcome", "createdAt": now, "updatedAt": now,
