@@ -103,6 +103,8 @@ def test_the_printed_link_shows_the_trials_by_outcome_and_a_val_acc_chart(tmp_pa
             while lines.count() < len(names) and time.time() < deadline:
                 page.wait_for_timeout(500)
             page.screenshot(path=str(tmp_path / "charts.png"))
+            if os.environ.get("GKD_TUNE_SCREENSHOTS"):  # the README's picture: GKD_TUNE_SCREENSHOTS=docs pytest ...
+                shutil.copy(tmp_path / "charts.png", Path(os.environ["GKD_TUNE_SCREENSHOTS"]) / "mlflow-trials.png")
             legend = chart.first.inner_text()
             assert lines.count() >= len(names) and sum(name in legend for name in names) >= 2, legend
             # the best trial's page, on its metric charts: its val_acc curve

@@ -1,7 +1,7 @@
 """Search-space files: one YAML describes a whole sweep; parsed once into validated dataclasses.
 
 Every error names the file, the field path and what is allowed; unknown keys are errors ("did you mean").
-See README.md ("Search-space files") for the format and search_spaces/*.yaml for examples.
+See docs/guide.md ("Search-space files") for the format and search_spaces/*.yaml for examples.
 """
 
 from __future__ import annotations

@@ -173,7 +173,7 @@ def schedule_diagnostics(spec: SweepSpec, samples: int = DIAGNOSTIC_SAMPLES, see
                       f"rises")
     if warned:
         warned.append("choose a later search.grace_period, or b/c ranges (or params.inflection) inside the budget: "
-                      "README, 'Early stopping and the Gompertz schedule'")
+                      "docs/guide.md, 'Early stopping and the Gompertz schedule'")
     return lines, warned
 
 
