@@ -1,5 +1,6 @@
-"""The console while trials run: one line per trial event, with where the whole run stands, instead of Ray Tune's
-status tables (`--verbose` brings those back).
+"""The console while trials run: one line per trial that ends (or fails), with where the whole run stands, and a
+line of the latest epoch when nothing has been said for HEARTBEAT_S; instead of Ray Tune's status tables
+(`--verbose` brings those back).
 
     t03 stopped by ASHA at epoch 2: val_acc 0.2500   [3/8 ended, 2 running, 3 pending; 1m40s so far, ~2m20s left]
 """
@@ -14,6 +15,7 @@ from .strategy import COMPLETED, DIVERGED, SETUP_ERROR, STOPPED, trial_outcome
 from .tracking import trial_error
 
 ENDED = ("TERMINATED", "ERROR")
+HEARTBEAT_S = 600  # long trials (hours on CIFAR) still show progress; the quickstart's never need it
 
 
 def duration(seconds: float) -> str:
@@ -31,7 +33,7 @@ class ConsoleProgress(tune.Callback):
 
     def __init__(self, total: int, metric: str):
         self.total, self.metric = total, metric
-        self.started = time.monotonic()
+        self.started = self.last_said = time.monotonic()
         self.ended_before = None  # trials already ended when this driver started (a --resume)
 
     def __getstate__(self):
@@ -54,12 +56,17 @@ class ConsoleProgress(tune.Callback):
             line += f", ~{duration(elapsed / done_here * (self.total - ended))} left"
         return line + "]"
 
-    def say(self, text: str, trials, ending) -> None:
+    def say(self, text: str, trials, ending=None) -> None:
         print(f"{text}   {self.standing(trials, ending)}", flush=True)
+        self.last_said = time.monotonic()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.standing(trials)  # counts what had ended before this driver's first trial
-        print(f"{trial_name(trial)} started", flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if time.monotonic() - self.last_said > HEARTBEAT_S:
+            self.say(f"{trial_name(trial)} at epoch {result.get('epoch')}: {self.metric} "
+                     f"{result.get(self.metric, float('nan')):.4f}", trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
