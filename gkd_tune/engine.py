@@ -8,13 +8,14 @@ place that makes or restores a `tune.Tuner`.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from dataclasses import dataclass, field
 
 from .cli import EXIT_INTERRUPTED
 from .cluster.preflight import check_shared_with_cluster, check_storage, read_storage, wait_for_cluster_resources
 from .cluster.runtime import acquire_sweep_lock, connect_to_ray, end_leftovers, task_results, trial_task
-from .core.files import STUDENT_WEIGHTS_FILE, TEACHER_FILE
+from .core.files import STUDENT_WEIGHTS_FILE, TEACHER_FILE, cache_root
 from .sweep.resume import check_resume, record, repair_lost_checkpoints
 from .sweep.space import SweepSpec
 from .sweep.storage import WORKER_SCRATCH_DIR, SweepStorage, trial_dirname, trial_name
@@ -96,7 +97,12 @@ def run(trials: Trials) -> int:
             for trial_id in repair_lost_checkpoints(storage):
                 print(f"trial {trial_id}: its checkpoint in the saved sweep state was deleted as the driver was "
                       f"killed; it continues from the next one", flush=True)
-        joined = connect_to_ray(trials.address, storage=storage, quiet=not trials.verbose)
+        log_file = None if trials.verbose else \
+            cache_root() / "logs" / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        joined = connect_to_ray(trials.address, storage=storage, log_file=log_file)
+        if log_file is not None:
+            print(f"log: {log_file} (Ray's, Ray Tune's, MLflow's and Optuna's lines; --verbose shows them here)",
+                  flush=True)
         try:
             if joined:  # a Ray started here is this one machine
                 check_shared_with_cluster(spec)

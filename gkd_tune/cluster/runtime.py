@@ -27,29 +27,22 @@ OWN_RAY_MARK = "GKD_TUNE_OWN_RAY"
 
 
 def connect_to_ray(address: str | None, own_ray: bool = True, storage: SweepStorage | None = None,
-                   quiet: bool = False) -> bool:
+                   log_file: Path | None = None) -> bool:
     """--address, else RAY_ADDRESS (`ray job submit` sets it), else a new Ray of this driver's own on this machine,
     where `own_ray` allows one (a sweep, whose `storage` marks its processes); Ray's own default would join whatever
     `ray start` last recorded here, or fail on a cluster that has died. A driver started with GKD_TUNE_LOGICAL_GPUS=1
     passes it to every task and trial it starts. Returns whether it joined a running cluster (False: it started a
-    Ray of its own). `quiet`: Ray's and Ray Tune's INFO lines and warnings off (their errors stay), and no colour
-    codes around the trials' lines where the output is not a terminal."""
+    Ray of its own). With `log_file` (a quiet console): Ray's, Ray Tune's, MLflow's and Optuna's log lines go there,
+    and only their errors to the console. No colour codes around the trials' lines off a terminal."""
     import logging
 
     import ray
 
     os.environ.setdefault("RAY_COLOR_PREFIX", "1" if sys.stdout.isatty() else "0")
-    if quiet:
+    if log_file is not None:
         # Ray Tune's new console output prints its header, paths and a TensorBoard hint even at verbose 0; the
         # legacy reporter at verbose 0 prints nothing
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-        import mlflow  # noqa: F401 (its import sets its loggers' level: quieted after it)
-
-        for name in ("ray", "ray.tune", "ray.train", "mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     given = address or os.environ.get("RAY_ADDRESS")
     if not given and not own_ray:
@@ -61,7 +54,7 @@ def connect_to_ray(address: str | None, own_ray: bool = True, storage: SweepStor
     os.environ.update(mark)  # while Ray starts: its processes inherit it, this driver's later children do not
     try:
         ray.init(address=address or (None if given else "local"), include_dashboard=False,
-                 logging_level=logging.ERROR if quiet else logging.INFO,
+                 logging_level=logging.ERROR if log_file is not None else logging.INFO,
                  runtime_env={"env_vars": {LOGICAL_GPUS_ENV: "1"}} if logical else None)
     except ConnectionError as error:
         raise ValueError(f"{field}: {str(error).rstrip('.')}: check that the cluster is up (`ray status` on its head)"
@@ -69,7 +62,35 @@ def connect_to_ray(address: str | None, own_ray: bool = True, storage: SweepStor
     finally:
         for name in mark:
             os.environ.pop(name, None)
+    if log_file is not None:
+        keep_logs_in(log_file)
     return bool(given)
+
+
+QUIETED_LOGGERS = ("ray", "mlflow", "alembic", "optuna")
+
+
+def keep_logs_in(path: Path) -> None:
+    """The libraries' log lines (INFO and up) to `path`; to the console only their errors."""
+    import logging
+
+    import mlflow  # noqa: F401 (its import installs its handlers: they are set after it)
+    import optuna  # noqa: F401
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    file = logging.FileHandler(path)
+    file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    file.gkd_tune_log = True  # an earlier command's in this process (tests, notebooks) is replaced, not added to
+    for name in QUIETED_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if getattr(handler, "gkd_tune_log", False):
+                logger.removeHandler(handler)
+                handler.close()
+            elif not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.ERROR)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(file)
 
 
 def trial_task(function, spec: SweepSpec):
