@@ -2,7 +2,8 @@
 # The README's quickstart as a new user runs it, timed: in a fresh folder, with an empty gkd-tune cache (the digits
 # teacher is trained, the arrays decoded), then once more with the cache warm. Prints the wall time of each, the
 # console's line count and the best trial's test accuracy. Run it on an idle machine:
-#   bash benchmarks/quickstart_time.sh            (PYTHON=... for another interpreter than .venv/bin/python)
+#   bash benchmarks/quickstart_time.sh            (PYTHON=... for another interpreter than .venv/bin/python;
+#                                                  KEEP=DIR keeps the two consoles there)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-$root/.venv/bin/python}"
@@ -16,6 +17,7 @@ for run in cold warm; do
         --space "$root/search_spaces/quickstart.yaml" > console.txt 2>&1)
     end=$(date +%s.%N)
     best=$(grep -E '^1 +t[0-9]+' "$folder/console.txt" | awk '{print $4}')
+    [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$folder/console.txt" "$KEEP/$run.txt"
     printf '%s cache: %.0f s, %d console lines, best trial test_acc %s\n' "$run" "$(awk "BEGIN {print $end - $start}")" \
         "$(wc -l < "$folder/console.txt")" "$best"
 done
