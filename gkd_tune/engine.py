@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .cli import EXIT_INTERRUPTED
 from .cluster.preflight import check_shared_with_cluster, check_storage, read_storage, wait_for_cluster_resources
@@ -94,9 +94,9 @@ def run(trials: Trials) -> int:
                                           trials.accept_changes, trials.safe_changes):
             record(storage, trials.record_name, trials.configuration)  # what it continues with, accepted
         if trials.resume:
-            for trial_id in repair_lost_checkpoints(storage):
-                print(f"trial {trial_id}: its checkpoint in the saved sweep state was deleted as the driver was "
-                      f"killed; it continues from the next one", flush=True)
+            for name in repair_lost_checkpoints(storage):
+                print(f"{name}: its checkpoint in the saved sweep state was deleted as the driver was killed; it "
+                      f"continues from the next one", flush=True)
         log_file = None if trials.verbose else \
             cache_root() / "logs" / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         joined = connect_to_ray(trials.address, storage=storage, log_file=log_file)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from .storage import SweepStorage
+from .storage import SweepStorage, name_from_folder
 
 
 def effective(file: Path | str, overrides: dict[str, object]) -> dict:
@@ -63,8 +63,8 @@ KNOWN_EPOCH_FILE = "known_epoch.json"
 
 
 def repair_lost_checkpoints(storage: SweepStorage) -> list[str]:
-    """Put back each checkpoint that a trial restores from but a killed driver had already deleted; the ids of the
-    trials repaired.
+    """Put back each checkpoint that a trial restores from but a killed driver had already deleted; the names of
+    the trials repaired (t07).
 
     Ray Tune keeps one checkpoint per trial (CheckpointConfig(num_to_keep=1)): registering epoch n+1's deletes
     epoch n's at once, while the experiment state that names epoch n+1's reaches storage a moment later. A driver
@@ -82,7 +82,7 @@ def repair_lost_checkpoints(storage: SweepStorage) -> list[str]:
         checkpoint = trial.checkpoint
         if checkpoint is None or not checkpoint.path.startswith(base + "/"):
             continue
-        lost = checkpoint.path[len(base) + 1:]  # trial-<id>/checkpoint_<index>
+        lost = checkpoint.path[len(base) + 1:]  # trial-t07/checkpoint_<index>
         if storage.exists(lost):
             continue
         folder, name = lost.rsplit("/", 1)
@@ -95,7 +95,7 @@ def repair_lost_checkpoints(storage: SweepStorage) -> list[str]:
             known = Path(directory) / KNOWN_EPOCH_FILE
             known.write_text(json.dumps({"epoch": int((trial.last_result or {}).get("epoch", 0))}))
             storage.put(known, f"{lost}/{KNOWN_EPOCH_FILE}")
-        repaired.append(trial.trial_id)
+        repaired.append(name_from_folder(folder, trial.trial_id))
     return repaired
 
 
