@@ -17,10 +17,12 @@ EXIT_INTERRUPTED = 130  # a shell's code for Ctrl-C
 OWN_RAY = "else a new local Ray of its own"
 
 
-def shared_options(*, without_address: str | None = OWN_RAY, sweep: bool = True) -> argparse.ArgumentParser:
+def shared_options(*, without_address: str | None = OWN_RAY, sweep: bool = True,
+                   trials: bool = False) -> argparse.ArgumentParser:
     """A parent parser (argparse `parents=`) with the shared options a command takes: --address where it runs on
     Ray (`without_address`: what it does when neither --address nor RAY_ADDRESS is given; None: no --address),
-    --storage-path and --tracking-uri where it has a sweep's storage and runs (`sweep`), --debug always."""
+    --storage-path and --tracking-uri where it has a sweep's storage and runs (`sweep`), --verbose where it runs
+    trials (`trials`), --debug always."""
     parent = argparse.ArgumentParser(add_help=False)
     if sweep:
         parent.add_argument("--storage-path", type=storage_location,
@@ -28,11 +30,12 @@ def shared_options(*, without_address: str | None = OWN_RAY, sweep: bool = True)
                             "storage_path): a folder, or a URI such as s3://bucket/prefix (an S3-compatible store: "
                             "s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http); on a cluster of several "
                             "nodes, storage every node can read")
-        parent.add_argument("--verbose", action="store_true", help="show Ray Tune's status tables and Ray's own log "
-                            "lines, instead of one line per trial event")
         parent.add_argument("--tracking-uri", help="MLflow tracking URI (overrides tracking.uri; default "
                             "sqlite:///mlflow.db in the working directory); on a cluster of several nodes, a tracking "
                             "server such as http://127.0.0.1:5000 (cluster/gpu.yaml's, on the head)")
+    if trials:
+        parent.add_argument("--verbose", action="store_true", help="show Ray Tune's status tables and Ray's, MLflow's "
+                            "and Optuna's log lines, instead of one line per trial event")
     if without_address:
         parent.add_argument("--address", help="an existing Ray cluster: HEAD_IP:6379, or auto for the one this "
                             f"machine belongs to (default: the cluster in RAY_ADDRESS, as under `ray job submit`; "

@@ -609,7 +609,7 @@ def radar(reproduction: Reproduction, rows: list[dict]):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gkd_tune.reproduce", description=__doc__.split("\n\n")[0],
-                                     parents=[shared_options()])
+                                     parents=[shared_options(trials=True)])
     parser.add_argument("--config", type=Path, required=True, help="reproduction YAML file (see reproduce/)")
     parser.add_argument("--epochs", type=int, help="epochs per trial (overrides training.max_epochs; fewer than "
                                                    "the configuration's is reported as a reduced budget)")

@@ -36,7 +36,7 @@ OVERRIDES = {"num_samples": "search.num_samples", "seed": "search.seed", "tracki
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gkd_tune.search", description=__doc__.split("\n\n")[0],
-                                     parents=[shared_options()])
+                                     parents=[shared_options(trials=True)])
     parser.add_argument("--space", type=Path, required=True, help="search-space YAML file (see search_spaces/)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this space")
     parser.add_argument("--accept-changes", action="store_true",
