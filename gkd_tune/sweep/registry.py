@@ -13,8 +13,8 @@ import io
 import tempfile
 from pathlib import Path
 
-from ..core.files import STUDENT_FILE
 from ..core.models import ImagesToLogits, load_student
+from .storage import copy_student
 
 CHAMPION = "champion"
 METRIC_TAG = "gkd_tune.val_metric"  # on a model version: the validation metric it was chosen by
@@ -35,11 +35,8 @@ def register_best(spec, tracker, trial) -> str:
     if done:
         return f"registered: models:/{spec.name}/{done} (by this sweep, earlier)"
     with tempfile.TemporaryDirectory() as directory:
-        with trial.checkpoint.as_directory() as folder:
-            local = Path(directory) / STUDENT_FILE
-            local.write_bytes((Path(folder) / STUDENT_FILE).read_bytes())
         try:
-            student = load_student(local)
+            student = load_student(copy_student(trial.checkpoint, Path(directory)))
         except ValueError as error:  # the sweep's answer stands; only its shipping is missed
             return f"warning: not registered: the best trial's student cannot be loaded ({error})"
     model = ImagesToLogits(student).eval()

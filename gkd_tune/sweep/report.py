@@ -19,7 +19,7 @@ from ..core.errors import error_line
 from ..core.files import STUDENT_FILE
 from ..core.loop import OUTCOME
 from .space import PLAN_KEY, SweepSpec, TrialPlan
-from .storage import SweepStorage, name_from_folder
+from .storage import SweepStorage, copy_student, name_from_folder
 from .strategy import COMPLETED, DIVERGED, FAILED, SETUP_ERROR, STOPPED, trial_outcome
 from .tracking import VIEW_KEY, SweepTracker, short
 
@@ -143,10 +143,7 @@ def keep_best_student(top: TrialSummary, spec: SweepSpec) -> str:
     directory where it is below it."""
     storage = SweepStorage.for_sweep(spec.storage_path, spec.name)
     with tempfile.TemporaryDirectory() as directory:
-        with top.checkpoint.as_directory() as folder:
-            local = Path(directory) / STUDENT_FILE
-            local.write_bytes((Path(folder) / STUDENT_FILE).read_bytes())
-        storage.put(local, BEST_STUDENT)
+        storage.put(copy_student(top.checkpoint, Path(directory)), BEST_STUDENT)
     where = storage.describe(BEST_STUDENT)
     if "://" not in where and Path(where).is_relative_to(Path.cwd()):
         return f"./{Path(where).relative_to(Path.cwd())}"

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pyarrow.fs
 
+from ..core.files import STUDENT_FILE
+
 # In a sweep's folder: where worker nodes may write besides their trials' folders (a teacher's state after every
 # epoch and its finished file, which the driver then publishes as teacher.pt; the doctor's probe files).
 WORKER_SCRATCH_DIR = "teacher-progress"
@@ -46,6 +48,14 @@ def name_from_folder(path: str, fallback: str) -> str:
     base = path.rstrip("/").rsplit("/", 1)[-1]
     name = base.removeprefix(TRIAL_DIR_PREFIX)
     return name if base.startswith(TRIAL_DIR_PREFIX) and re.fullmatch(r"t\d+", name) else fallback
+
+
+def copy_student(checkpoint, folder: Path) -> Path:
+    """The student file of a Tune checkpoint (local or remote), copied into `folder`."""
+    local = Path(folder) / STUDENT_FILE
+    with checkpoint.as_directory() as directory:
+        local.write_bytes((Path(directory) / STUDENT_FILE).read_bytes())
+    return local
 
 
 def is_uri(location: str) -> bool:
