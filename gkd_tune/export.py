@@ -161,11 +161,13 @@ def main(argv: list[str] | None = None) -> int:
             import mlflow
             from mlflow.tracking import MlflowClient
 
-            with mlflow.start_run(run_id=run_id):
-                for path in files:
-                    mlflow.log_artifact(str(path), "export")
-                mlflow.log_metrics(figures)
-            MlflowClient().set_terminated(run_id, "FINISHED")
+            try:
+                with mlflow.start_run(run_id=run_id):
+                    for path in files:
+                        mlflow.log_artifact(str(path), "export")
+                    mlflow.log_metrics(figures)
+            finally:  # the model's run was finished: it stays so, whatever happened here
+                MlflowClient().set_terminated(run_id, "FINISHED")
             print(f"logged to the model's run {run_id} (artifacts export/, metrics export_*)")
         if missed:
             print(f"error: parity missed: {'; '.join(missed)}", file=sys.stderr)

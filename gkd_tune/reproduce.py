@@ -24,9 +24,8 @@ from pathlib import Path
 from . import engine
 from .cli import check_output_folder, run_command, shared_options
 from .core.files import REPRODUCTION_FILE
-from .core.distillers import METHODS, DistillConfig, method_settings
+from .core.distillers import METHODS, read_by_method
 from .core.models import MODEL_NAMES, file_part
-from .core.params import settings
 from .engine import Trials, TuneSettings, evaluate_once
 from .sweep.resume import effective, resume_command
 from .sweep.space import SpaceError, SweepSpec, TrialPlan, parse_space, read_yaml
@@ -40,7 +39,6 @@ SHARED_KEYS = ("name", "data", "teacher", "training", "search", "resources", "tr
 CONFIG_KEYS = (*SHARED_KEYS, "dataset", "seeds", "pairs", "params", "methods", "reference", "published_on",
                "published_by")
 PAIR_KEYS = ("teacher", "student", "params", "paper")
-DISTILL_SETTINGS = {s.name for s in settings(DistillConfig)}
 # A gain is "reproduced" only over at least this many seeds, with both 95% intervals above 0 (see verdict).
 MIN_SEEDS_FOR_VERDICT = 3
 
@@ -629,14 +627,9 @@ def describe(reproduction: Reproduction) -> str:
     for i, pair in enumerate(reproduction.pairs):
         lines.append(f"{pair.label}" + (f"  (published: {', '.join(f'{k} {v:.4f}' for k, v in pair.paper.items())})"
                                         if pair.paper else ""))
-        def read(name: str) -> dict:
-            values = reproduction.spec(i, name).fixed()
-            wanted = set(method_settings(values["method"]))
-            return {k: v for k, v in values.items() if k in wanted or k not in DISTILL_SETTINGS}
-
-        reference = read(reproduction.reference)
+        reference = read_by_method(reproduction.spec(i, reproduction.reference).fixed())
         for name in reproduction.methods:
-            values = read(name)
+            values = read_by_method(reproduction.spec(i, name).fixed())
             if name != reproduction.reference:  # what sets it apart
                 values = {k: v for k, v in values.items() if reference.get(k, object()) != v}
             text = ", ".join(f"{k}={v}" for k, v in values.items())

@@ -97,15 +97,10 @@ def plan(spec: SweepSpec) -> tuple[str, list[str]]:
 
 def read_by_the_method(spec: SweepSpec) -> dict:
     """The fixed values a trial uses: with one method, not the other methods' settings (a gompertz sweep's dkd_beta)."""
-    from .core.distillers import DistillConfig, method_settings
-    from .core.params import settings
+    from .core.distillers import read_by_method
 
     fixed = spec.fixed()
-    if "method" in spec.searched() or "method" in spec.grid():
-        return fixed
-    distill = {s.name for s in settings(DistillConfig)}
-    read = set(method_settings(fixed["method"]))
-    return {k: v for k, v in fixed.items() if k in read or k not in distill}
+    return fixed if "method" in spec.searched() or "method" in spec.grid() else read_by_method(fixed)
 
 
 def resume_command_for(args: argparse.Namespace) -> str:

@@ -42,15 +42,18 @@ def distillation_method(name: str) -> type[Distiller]:
     return METHODS[name]
 
 
-def method_settings(name: str) -> list[str]:
-    """The public names of the distillation settings method `name` reads: the shared ones (method, tau), the
-    schedule's where it uses one, and its own Config's."""
+def read_by_method(values: dict) -> dict:
+    """`values` (by public name, with a `method`) without the settings of other methods: a gompertz trial's dkd_beta.
+    Kept: what the method reads (the shared settings, the schedule's where it uses one, its own Config's) and
+    everything that is not a distillation setting (lr, seed, ...)."""
     from ..params import settings
 
-    method = METHODS[name]
-    shared = [s.name for s in settings(DistillConfig) if len(s.path) == 1]
-    schedule = [s.name for s in settings(BetaSchedule)] if method.uses_schedule else []
-    return shared + schedule + ([s.name for s in settings(method.Config)] if method.Config else [])
+    method = METHODS[values["method"]]
+    read = {s.name for s in settings(DistillConfig) if len(s.path) == 1}
+    read |= {s.name for s in settings(BetaSchedule)} if method.uses_schedule else set()
+    read |= {s.name for s in settings(method.Config)} if method.Config else set()
+    distill = {s.name for s in settings(DistillConfig)}
+    return {k: v for k, v in values.items() if k in read or k not in distill}
 
 
 def build_distiller(config: DistillConfig, student: SplitNet, teacher: SplitNet | None) -> Distiller:
@@ -62,4 +65,4 @@ def build_distiller(config: DistillConfig, student: SplitNet, teacher: SplitNet 
 
 __all__ = ["METHODS", "DKDConfig", "DecoupledKD", "DistillConfig", "Distiller", "GompertzConfig", "GompertzKD",
            "KDConfig", "LossWeights", "StepOutput", "StudentOnly", "VanillaKD", "build_distiller",
-           "distillation_method", "method_settings"]
+           "distillation_method", "read_by_method"]
