@@ -223,13 +223,17 @@ DECISIVE_TRIALS = 16
 def rank_correlations(histories: list[dict[int, float]], rungs: list[int], max_epochs: int) -> dict[int, RankFidelity]:
     """Spearman's rank correlation, per rung epoch, between the metric there and at max_epochs, over trials that
     ran the full budget (each history: epoch -> metric). rho NaN where fewer than 3 trials or no spread."""
-    import pandas as pd
-
     full = [h for h in histories if max_epochs in h]
     out = {}
     for epoch in rungs:
-        pairs = pd.DataFrame([(h.get(epoch), h[max_epochs]) for h in full if epoch in h], columns=["rung", "final"])
-        ranks = pairs.rank()
-        rho = float(ranks["rung"].corr(ranks["final"])) if len(pairs) >= 3 else float("nan")
-        out[epoch] = RankFidelity(rho, len(pairs))
+        pairs = [(h.get(epoch), h[max_epochs]) for h in full if epoch in h]
+        out[epoch] = RankFidelity(spearman(pairs), len(pairs))
     return out
+
+
+def spearman(pairs: list[tuple[float, float]]) -> float:
+    """Spearman's rho of (early, final) pairs (ties share their mean rank); NaN below 3 pairs or without spread."""
+    import pandas as pd
+
+    ranks = pd.DataFrame(pairs, columns=["early", "final"]).rank()
+    return float(ranks["early"].corr(ranks["final"])) if len(pairs) >= 3 else float("nan")

@@ -1,0 +1,186 @@
+"""Replay early-stopping designs on the curves of a finished sweep or fidelity study: epochs spent, the configuration
+chosen, its regret and P(top-3) over trial orders; a table and a regret-against-cost plot. Offline, no GPU.
+
+    python -m gkd_tune.simulate --sweep runs/quickstart
+    python -m gkd_tune.simulate --sweep benchmarks/results/2026-12-01-fidelity-cifar10k/trials.parquet \\
+        --design asha:grace=13,eta=3 --design budget_halving:eta=3
+
+--sweep: a sweep in storage (<storage>/<name>), a report folder or a study folder holding trials.parquet, or the
+file itself. Designs (--design, repeatable; options left out take their defaults):
+    full                                   every trial to the end (the reference)
+    asha:grace=G,eta=E,full=K              Ray Tune's ASHA; the first K trials exempt (full_budget_trials)
+    hyperband:grace=G,eta=E,brackets=N     asynchronous Hyperband (ASHA's brackets)
+    median:grace=G,min_samples=M           Ray Tune's median stopping rule
+    budget_halving:eta=E                   complete runs at each compressed budget, the best 1/E re-run at the next
+A replay re-runs the curves that exist: only trials with a whole full-budget curve take part (a sweep's completed
+and full_budget_trials ones), and TPE's later proposals cannot be replayed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+from .cli import check_output_folder, run_command, shared_options
+
+TRIALS_FILE = "trials.parquet"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gkd_tune.simulate", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[shared_options(without_address=None, sweep=False)])
+    parser.add_argument("--sweep", required=True, help="<storage>/<name>, a folder holding trials.parquet, or the file")
+    parser.add_argument("--design", action="append", metavar="DESIGN", help="a design to replay (repeatable; "
+                        "default: no stopping, ASHA as the CIFAR spaces ship it, ASHA, Hyperband and median stopping "
+                        "from the lowest budget, and budget halving where there are several budgets)")
+    parser.add_argument("--workers", type=int, help="trials running at once (default: 1 per 8 configurations, the "
+                        "CIFAR spaces' 8 of 64)")
+    parser.add_argument("--orders", type=int, default=200, help="random trial orders replayed (default 200)")
+    parser.add_argument("--shipped-grace", type=int, help="ASHA's rung as shipped (default: half the full budget, "
+                        "where search_spaces/gompertz.yaml has it)")
+    parser.add_argument("--metric", default="val_acc", choices=("val_acc", "val_loss"))
+    parser.add_argument("--out", type=Path, help="folder for simulation.md and regret-vs-cost.png (default: the "
+                        "folder of trials.parquet; reports/<name> for a sweep in storage)")
+    return parser
+
+
+def read_rows(sweep: str) -> tuple[list[dict], Path | None, str]:
+    """(the trials' rows, the folder that holds them or None, the sweep's name)."""
+    import pyarrow.parquet as pq
+
+    path = Path(sweep).expanduser()
+    file = path if path.suffix == ".parquet" else path / TRIALS_FILE
+    if file.is_file():
+        try:
+            return pq.read_table(file).to_pylist(), file.parent, file.parent.name
+        except Exception as error:
+            from .core.errors import error_line
+            raise ValueError(f"--sweep {sweep}: cannot read {file} ({error_line(error)})") from None
+    if path.suffix == ".parquet":
+        raise ValueError(f"--sweep {sweep}: no such file")
+    return sweep_rows(sweep), None, path.name
+
+
+def sweep_rows(location: str) -> list[dict]:
+    """The rows of a sweep in storage, as its report's trials.parquet has them (test metrics from its MLflow runs,
+    where its tracking store answers)."""
+    from .cluster.preflight import read_storage
+    from .core.files import SPACE_FILE
+    from .sweep.space import load_space
+    from .sweep.storage import SweepStorage, filesystem_of
+
+    filesystem_of(location)  # a bad URI in one line
+    storage = SweepStorage(str(Path(location).expanduser().resolve()) if "://" not in location else location)
+    if not read_storage(storage, storage.has_experiment):
+        raise ValueError(f"--sweep {location}: no sweep there, and no {TRIALS_FILE} (give <storage>/<name>, a report "
+                         f"folder or a study folder)")
+    with tempfile.TemporaryDirectory() as directory:
+        spec = load_space(storage.get(SPACE_FILE, Path(directory) / SPACE_FILE))
+    from .sweep.report import summarise, sweep_results, trial_rows
+
+    trials = summarise(sweep_results(storage.location), spec)
+    try:
+        from .sweep.tracking import SweepTracker
+        tracker = SweepTracker(spec, storage.location, reopen=False)
+        for trial in trials:
+            trial.test = tracker.test_metrics(trial.trial_id)
+    except Exception as error:  # the table still stands without test metrics
+        print(f"warning: no test metrics ({type(error).__name__}: {error}); test columns left empty", flush=True)
+    return trial_rows(trials)
+
+
+def table(results, full_epochs: int, reference) -> str:
+    from .sweep.simulate import TOP
+
+    head = (f"| design | epochs | share of full | share of ASHA as shipped | chosen val | chosen test | regret (pts) "
+            f"| regret p90 | P(top-{TOP}) | first cut | rho at first cut [95%] n |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        vs = f"{r.epochs / reference.epochs:.0%}" if reference else "-"
+        lines.append(f"| {r.design.label} | {r.epochs:.0f} | {r.share:.0%} | {vs} | {_num(r.chosen_val)} | "
+                     f"{_num(r.chosen_test)} | {_pts(r.regret)} | {_pts(r.regret_high)} | {r.top:.2f} | "
+                     f"{r.first_cut} | {r.fidelity.text()} |")
+    return "\n".join(lines)
+
+
+def best_configuration(configurations, full: int, metric: str) -> str:
+    sign = 1 if metric == "val_acc" else -1
+    finite = [c for c in configurations if math.isfinite(c.final(full))]
+    return max(finite, key=lambda c: sign * c.final(full)).name if finite else "(none completed)"
+
+
+def _num(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "-"
+
+
+def _pts(value: float) -> str:
+    return f"{100 * value:.2f}" if math.isfinite(value) else "-"
+
+
+def plot(results, file: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for r in results:
+        axes.errorbar(100 * r.share, 100 * r.regret, yerr=[[0], [100 * max(r.regret_high - r.regret, 0)]],
+                      fmt="o", capsize=3)
+        axes.annotate(r.design.label, (100 * r.share, 100 * r.regret), textcoords="offset points", xytext=(5, 5),
+                      fontsize=7)
+    axes.set_xlabel("epochs spent, % of every configuration to the full budget")
+    axes.set_ylabel("regret, val accuracy points (mean; bar to the 90th percentile)")
+    axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(file, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def simulate() -> int:
+        from .sweep.simulate import configurations_from_rows, default_designs, parse_design, simulate
+
+        if args.orders < 1 or (args.workers is not None and args.workers < 1):
+            raise ValueError("--orders and --workers must be >= 1")
+        rows, folder, name = read_rows(args.sweep)
+        configurations = configurations_from_rows(rows, args.metric)
+        budgets = sorted({b for c in configurations for b in c.curves})
+        if not budgets:
+            raise ValueError(f"--sweep {args.sweep}: no trial reported an epoch")
+        full = budgets[-1]
+        whole = [c for c in configurations if full in c.curves]
+        if len(whole) < 3:
+            raise ValueError(f"--sweep {args.sweep}: {len(whole)} trial(s) have a whole {full}-epoch curve; a replay "
+                             f"needs 3 or more (a sweep's full_budget_trials, or benchmarks/fidelity_study.py)")
+        shipped = args.shipped_grace or max(1, full // 2)
+        workers = args.workers or max(1, round(len(whole) / 8))
+        texts = args.design or default_designs(budgets, shipped, workers, len(whole))
+        designs = [parse_design(text, budgets) for text in texts]
+        out = check_output_folder(args.out or folder or Path("reports") / name, "--out" if args.out else "the folder")
+        results = simulate(whole, designs, workers=workers, orders=args.orders, metric=args.metric,
+                           mode="max" if args.metric == "val_acc" else "min")
+        # ASHA as the CIFAR spaces ship it: the first ASHA at the shipped rung (the default list's has the exempt trials)
+        reference = next((r for r in results if r.design.kind == "asha" and r.design.options["grace"] == shipped), None)
+        text = (f"{len(whole)} configurations with a whole {full}-epoch curve, runs at budgets "
+                f"{', '.join(map(str, budgets))}; {workers} running at once; {args.orders} trial orders; "
+                f"{args.metric}.\nbest full-budget configuration: "
+                f"{best_configuration(whole, full, args.metric)}\n\n"
+                + table(results, full, reference))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "simulation.md").write_text(text + "\n")
+        plot(results, out / "regret-vs-cost.png", f"{name}: {len(whole)} configurations, {args.orders} orders")
+        print(text + f"\n\nwritten: {out / 'simulation.md'}, {out / 'regret-vs-cost.png'}")
+        return 0
+
+    return run_command(simulate, args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
