@@ -48,6 +48,11 @@ class Trials:
     def count(self) -> int:
         raise NotImplementedError
 
+    def expected(self, results) -> int:
+        """The trials a run that ended by itself holds, given its results (fewer than `count` where a failed trial
+        leaves nothing to run after it)."""
+        return self.count
+
     def resume_command(self) -> str:
         raise NotImplementedError
 
@@ -151,7 +156,7 @@ def run_on_ray(trials: Trials, storage: SweepStorage) -> int:
                     failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         results = tuner.fit()
-        if len(results) - results.num_terminated - results.num_errors or len(results) < trials.count:
+        if len(results) - results.num_terminated - results.num_errors or len(results) < trials.expected(results):
             tracker.finish("KILLED")
             print(f"\nThe {trials.kind} was interrupted ({results.num_terminated} of {trials.count} trials ended). "
                   f"Continue it with:\n  {trials.resume_command()}")

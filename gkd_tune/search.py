@@ -65,7 +65,12 @@ def plan(spec: SweepSpec) -> tuple[str, list[str]]:
                f"{spec.teacher.arch}, trained (cached by recipe): {listing(declared_values(spec.teacher.recipe))}")
     training = {k: v for k, v in declared_values(spec.training).items() if k not in TRIAL_PARAMS}
     s = spec.search
-    if spec.searched():
+    if spec.searched() and s.scheduler == "budget_halving":
+        trials = (f"{s.num_samples} configurations, at most {s.max_concurrent_trials} runs at once; Optuna TPE "
+                  f"(multivariate, seed {s.seed}, {s.tpe_startup_trials} random first), told the first budget's "
+                  f"results; budget halving on {s.metric} ({spec.mode}), reduction {s.reduction_factor}; "
+                  f"{s.max_failures} retries per run")
+    elif spec.searched():
         trials = (f"{s.num_samples}, at most {s.max_concurrent_trials} at once; Optuna TPE (multivariate, seed {s.seed}, "
                   f"{s.tpe_startup_trials} random trials first); ASHA on {s.metric} ({spec.mode}), grace "
                   f"{s.grace_period}, reduction {s.reduction_factor}" +
@@ -80,9 +85,10 @@ def plan(spec: SweepSpec) -> tuple[str, list[str]]:
         f"data       {spec.data.source}  (validation {spec.data.val_fraction:.0%}, stratified)",
         f"teacher    {teacher}",
         f"student    {spec.student}",
-        f"training   {listing(training)}  (max_epochs: ASHA's max_t)",
+        f"training   {listing(training)}  (max_epochs: " + ("the full budget)" if s.scheduler == "budget_halving"
+                                                               else "ASHA's max_t)"),
         f"trials     {trials}",
-        "rungs      " + "\n           ".join(rung_lines),
+        ("budgets    " if s.scheduler == "budget_halving" else "rungs      ") + "\n           ".join(rung_lines),
         f"resources  {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU per trial (a cluster has "
         f"{spec.resources.wait_s:g} s to provide them)",
         f"searched\n{searched or '  (nothing)'}",
@@ -131,6 +137,19 @@ class SweepTrials(Trials):
     def count(self) -> int:
         return self.spec.trial_count
 
+    def expected(self, results) -> int:
+        if self.spec.search.scheduler != "budget_halving":
+            return self.count
+        from .sweep.space import halving_plan
+        from .sweep.strategy import BUDGET_KEY, COMPLETED, OUTCOME, expected_runs
+
+        completed: dict[int, int] = {}
+        for result in results:
+            if not result.error and (result.metrics or {}).get(OUTCOME) == COMPLETED:
+                budget = int((result.config or {}).get(BUDGET_KEY, 0))
+                completed[budget] = completed.get(budget, 0) + 1
+        return expected_runs(halving_plan(self.spec), completed)
+
     def resume_command(self) -> str:
         return resume_command_for(self.args)
 
@@ -154,7 +173,8 @@ class SweepTrials(Trials):
         self.scheduler = build_scheduler(spec)
         return TuneSettings(
             param_space=tune_space(spec), callbacks=[MlflowTrialLogger(spec, storage.location)],
-            tune_config={"metric": spec.search.metric, "mode": spec.mode, "num_samples": spec.search.num_samples,
+            tune_config={"metric": spec.search.metric, "mode": spec.mode, "num_samples": self.count if spec.search.scheduler == "budget_halving"
+                         else spec.search.num_samples,  # (Tune repeats a grid num_samples times)
                          "search_alg": build_searcher(spec), "scheduler": self.scheduler})
 
     def finish(self, results, tracker, teachers: list) -> int:
@@ -171,7 +191,9 @@ class SweepTrials(Trials):
             print(f"\n{what}" + (f"; first error: {first_error}" if first_error else ""), file=sys.stderr)
             tracker.finish("FAILED")
             return 1
-        if spec.search.full_budget_trials:
+        if spec.search.scheduler == "budget_halving":
+            report_budget_fidelity(trials, spec, tracker)
+        elif spec.search.full_budget_trials:
             report_rank_correlations(results, spec, tracker, self.scheduler)
         evaluate_top_trials(best[: spec.search.test_top_k], spec, tracker)
         if best[0].checkpoint is not None:
@@ -232,6 +254,35 @@ def report_rank_correlations(results, spec: SweepSpec, tracker, scheduler) -> No
         logged.update({f"rung_spearman_{key}e{epoch}": value for key, value in
                        (("", fidelity.rho), ("low_", low), ("high_", high)) if math.isfinite(value)})
         logged[f"rung_spearman_n_e{epoch}"] = fidelity.n
+    tracker.log_sweep_metrics(logged)
+
+
+def report_budget_fidelity(trials: list, spec: SweepSpec, tracker) -> None:
+    """For budget halving: Spearman's rank correlation between each lower budget's result and the full budget's,
+    over the configurations run at both (the promoted ones: the best of each budget, a top-heavy sample; the
+    full_budget_trials ones run at every budget), with n and its 95% interval; printed and logged
+    (budget_spearman_b<budget>, budget_spearman_low_ / _high_ / _n_b<budget>)."""
+    from .sweep.space import halving_plan
+    from .sweep.strategy import BUDGET_KEY, COMPLETED, CONFIG_KEY, RankFidelity, spearman
+
+    full = spec.training.max_epochs
+    finals: dict[int, dict[str, float]] = {}
+    for trial in trials:
+        if trial.outcome == COMPLETED and CONFIG_KEY in trial.config:
+            finals.setdefault(int(trial.config[BUDGET_KEY]), {})[trial.config[CONFIG_KEY]] = \
+                float(trial.metrics[spec.search.metric])
+    at_full = finals.get(full, {})
+    print(f"\nBudget fidelity ({spec.search.metric}, Spearman, each budget's result vs the {full}-epoch one, over the "
+          f"configurations run at both; 95% interval):")
+    logged = {}
+    for budget, _ in halving_plan(spec)[:-1]:
+        pairs = [(value, at_full[name]) for name, value in finals.get(budget, {}).items() if name in at_full]
+        fidelity = RankFidelity(spearman(pairs), len(pairs))
+        print(f"  budget {budget:>4}: {fidelity.text()}")
+        low, high = fidelity.interval
+        logged.update({f"budget_spearman_{key}b{budget}": value for key, value in
+                       (("", fidelity.rho), ("low_", low), ("high_", high)) if math.isfinite(value)})
+        logged[f"budget_spearman_n_b{budget}"] = fidelity.n
     tracker.log_sweep_metrics(logged)
 
 

@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import signal
@@ -204,12 +205,13 @@ def fake_trainable(curve, fail: bool = False):
 
         if fail:
             raise RuntimeError("boom")
-        for epoch in range(1, spec.training.max_epochs + 1):
+        plan = TrialPlan.resolve(spec, config)
+        for epoch in range(1, plan.train.epochs + 1):  # its budget (budget halving runs several)
             with tempfile.TemporaryDirectory() as directory:
                 with open(os.path.join(directory, "student.pt"), "wb") as file:
                     file.write(b"not a model")
-                announced = {PLAN_KEY: TrialPlan.resolve(spec, config).to_json()} if epoch == 1 else {}
-                ending = {"outcome": "completed"} if epoch == spec.training.max_epochs else {}
+                announced = {PLAN_KEY: plan.to_json()} if epoch == 1 else {}
+                ending = {"outcome": "completed"} if epoch == plan.train.epochs else {}
                 tune.report({"epoch": epoch, "val_acc": curve(config, epoch), "loss_total": 1.0, **announced,
                              **ending}, checkpoint=tune.Checkpoint.from_directory(directory))
 
@@ -297,6 +299,49 @@ def test_stopped_trials_are_pruned_for_optuna_full_budget_trials_rank_the_rungs_
     assert run_fake_sweep(tmp_path, monkeypatch, space, fake_trainable(lambda config, epoch: 0.0), "--resume")[0] == 0
     assert "0.7700" in capsys.readouterr().out
     assert len(client.get_metric_history(tested[0].info.run_id, "test_acc")) == 1
+
+
+@pytest.mark.slow
+def test_budget_halving_reruns_the_best_configurations_at_compressed_budgets_and_only_the_full_budget_wins(
+        tmp_path, monkeypatch, capsys):
+    import pyarrow.parquet as pq
+
+    from gkd_tune import simulate
+
+    space = {"training": {"max_epochs": 4}, "params": {"b": {"uniform": [1.0, 5.0]}},
+             "search": {"scheduler": "budget_halving", "num_samples": 9, "max_concurrent_trials": 3,
+                        "grace_period": 1, "reduction_factor": 2}}
+    # a configuration's value at its budget's end: b ranks them the same at every budget, a higher budget higher
+    rc, made = run_fake_sweep(tmp_path, monkeypatch, space, fake_trainable(
+        lambda config, epoch: config["b"] / 10 + config["max_epochs"] / 100 if epoch == config["max_epochs"] else 0.0))
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    assert "budgets       9 run(s) x    1 epochs" in out and "17 runs, 31 epochs: 86% of every configuration" in out
+    assert "caveat: budget halving keeps the best 1/2 of the 1-epoch runs" in out
+    client, parent, children = child_runs(tmp_path / "m.db", "fake")
+    assert len(children) == 9 + 5 + 3
+    by_config = {}
+    for run in children:
+        by_config.setdefault(run.data.tags["gkd_tune.config"], []).append(int(run.data.params["max_epochs"]))
+        assert run.info.status == "FINISHED"
+    bs = {run.data.tags["gkd_tune.config"]: float(run.data.params["b"]) for run in children}
+    ranked = sorted(bs, key=bs.get, reverse=True)  # the best 5 of budget 1 at budget 2, the best 3 of those at 4
+    assert {c: sorted(budgets) for c, budgets in by_config.items()} == {
+        c: [1, 2, 4] if i < 3 else [1, 2] if i < 5 else [1] for i, c in enumerate(ranked)}
+    # the winner is the best full-budget run, tested once; a lower budget's run never wins
+    best = parent[0].data.tags["best_trial"]
+    [winner] = [r for r in children if r.data.tags["gkd_tune.trial_id"] == best]
+    assert winner.data.params["max_epochs"] == "4" and winner.data.tags["gkd_tune.config"] == max(bs, key=bs.get)
+    assert [r.data.tags["gkd_tune.trial_id"] for r in children if "test_acc" in r.data.metrics] == [best]
+    assert "Budget fidelity" in out and parent[0].data.metrics["budget_spearman_b1"] == pytest.approx(1.0)
+    view = json.loads(json.loads(client.get_experiment(parent[0].info.experiment_id).tags[
+        "mlflow.sharedViewState.gkd-tune"])["state"])
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "gkd_tune.config"}]
+    # the report's rows name each run's configuration, and the simulator replays them
+    rows = pq.read_table(tmp_path / "reports" / "fake" / "trials.parquet").to_pylist()
+    assert {row["config"] for row in rows} == set(bs)
+    assert simulate.main(["--sweep", str(tmp_path / "reports" / "fake"), "--orders", "3"]) == 0
+    assert "3 configurations with a whole 4-epoch curve, runs at budgets 1, 2, 4" in capsys.readouterr().out
 
 
 @pytest.mark.slow

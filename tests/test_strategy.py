@@ -138,3 +138,69 @@ def test_a_rank_correlation_comes_with_its_interval_and_a_judgement_that_needs_e
     assert RankFidelity(-0.5, 16).judgement().startswith("warning: ASHA's ranking at this rung is unreliable")
     assert RankFidelity(0.9, 3).text() == "+0.90 n=3, no interval below 4 trials"
     assert RankFidelity(0.6, 8).text() == f"+0.60 [{low:+.2f}, {high:+.2f}] n=8"
+
+
+def test_budget_halving_plan_budgets_and_counts():
+    from gkd_tune.sweep.space import halving_plan
+
+    spec = parse_space({"name": "s", "training": {"max_epochs": 240}, "params": {"b": {"uniform": [1, 5]}},
+                        "search": {"scheduler": "budget_halving", "num_samples": 64, "grace_period": 27,
+                                   "reduction_factor": 3}})
+    assert halving_plan(spec) == [(27, 64), (81, 22), (240, 8)]
+    assert spec.trial_count == 94
+    assert build_scheduler(spec) is None  # complete runs: nothing to stop
+    short = parse_space({"name": "s", "training": {"max_epochs": 4}, "params": {"b": {"uniform": [1, 5]}},
+                         "search": {"scheduler": "budget_halving", "num_samples": 8, "grace_period": 2,
+                                    "reduction_factor": 3}})
+    assert halving_plan(short) == [(2, 8), (4, 3)]
+
+
+def test_budget_halving_search_reruns_the_best_at_the_next_budget_and_tells_optuna_the_first_budget_only():
+    from ray.tune.search import Searcher
+
+    from gkd_tune.sweep.strategy import expected_runs
+
+    spec = parse_space({"name": "s", "training": {"max_epochs": 4}, "params": {"b": {"uniform": [1, 5]}},
+                        "search": {"scheduler": "budget_halving", "num_samples": 5, "grace_period": 1,
+                                   "reduction_factor": 2}})
+    searcher = build_searcher(spec)
+    searcher.set_search_properties("val_acc", "max", {"b": tune.uniform(1, 5)})
+    first = {f"r{i}": searcher.suggest(f"r{i}") for i in range(5)}
+    assert [(c["config"], c["max_epochs"]) for c in first.values()] == [(f"c0{i}", 1) for i in range(1, 6)]
+    assert searcher.suggest("r5") is None  # budget 1's runs are still going
+    values = {"r0": 0.3, "r1": 0.9, "r2": None, "r3": 0.5, "r4": 0.7}  # r2 diverged
+    for trial_id, value in values.items():
+        result = {"epoch": 1, "val_acc": math.nan if value is None else value,
+                  "outcome": "diverged" if value is None else "completed"}
+        searcher.on_trial_result(trial_id, result)
+        searcher.on_trial_complete(trial_id, result)
+    second = [searcher.suggest(f"s{i}") for i in range(3)]  # budget 2: the best ceil(5/2) = 3
+    assert [(c["config"], c["max_epochs"], c["b"]) for c in second] == [
+        (name, 2, first[trial]["b"]) for name, trial in (("c02", "r1"), ("c05", "r4"), ("c04", "r3"))]
+    for trial_id, value in zip(["s0", "s1", "s2"], [0.6, 0.8, 0.7]):
+        searcher.on_trial_complete(trial_id, {"epoch": 2, "val_acc": value, "outcome": "completed"})
+    third = [searcher.suggest(f"u{i}") for i in range(2)]  # budget 4 (max_epochs): the best 2 of budget 2
+    assert [(c["config"], c["max_epochs"]) for c in third] == [("c05", 4), ("c04", 4)]
+    assert searcher.suggest("u2") is None
+    for trial_id in ("u0", "u1"):
+        searcher.on_trial_complete(trial_id, {"epoch": 4, "val_acc": 0.9, "outcome": "completed"})
+    assert searcher.suggest("u3") == Searcher.FINISHED
+    # Optuna holds the 5 first-budget runs, with their budget-1 values; the later runs are not its trials
+    S = optuna.trial.TrialState
+    assert [(t.state, t.value) for t in searcher._ot_study.trials] == [
+        (S.COMPLETE, 0.3), (S.COMPLETE, 0.9), (S.FAIL, None), (S.COMPLETE, 0.5), (S.COMPLETE, 0.7)]
+    assert expected_runs([(1, 5), (2, 3), (4, 2)], {1: 4, 2: 3}) == 10
+    assert expected_runs([(1, 5), (2, 3), (4, 2)], {1: 1, 2: 1}) == 7  # one completed: one run after it
+
+
+def test_budget_halving_needs_a_search_and_a_first_budget_below_max_epochs():
+    with pytest.raises(ValueError, match="search.scheduler: budget_halving chooses among searched"):
+        parse_space({"name": "s", "params": {"b": 2.0}, "search": {"scheduler": "budget_halving"}})
+    with pytest.raises(ValueError, match="search.grace_period: is budget_halving's first budget: must be below"):
+        parse_space({"name": "s", "training": {"max_epochs": 4}, "params": {"b": {"uniform": [1, 5]}},
+                     "search": {"scheduler": "budget_halving", "grace_period": 4}})
+    with pytest.raises(ValueError, match="search.full_budget_trials: is ASHA's: budget halving stops no run early"):
+        parse_space({"name": "s", "params": {"b": {"uniform": [1, 5]}}, "training": {"max_epochs": 4},
+                     "search": {"scheduler": "budget_halving", "full_budget_trials": 3}})
+    with pytest.raises(ValueError, match="search.scheduler: must be one of asha, budget_halving"):
+        parse_space({"name": "s", "params": {"b": {"uniform": [1, 5]}}, "search": {"scheduler": "hyperband"}})

@@ -20,7 +20,7 @@ from ..core.files import STUDENT_FILE
 from ..core.loop import OUTCOME
 from .space import PLAN_KEY, SweepSpec, TrialPlan
 from .storage import SweepStorage, copy_student, name_from_folder
-from .strategy import COMPLETED, DIVERGED, FAILED, SETUP_ERROR, STOPPED, trial_outcome
+from .strategy import BUDGET_KEY, COMPLETED, CONFIG_KEY, DIVERGED, FAILED, SETUP_ERROR, STOPPED, trial_outcome
 from .tracking import VIEW_KEY, SweepTracker, short
 
 TOP = 5
@@ -69,6 +69,7 @@ class TrialSummary:
     history: list = field(default_factory=list)  # every epoch's result, in order
     plan: TrialPlan | None = None
     name: str = ""  # 't07', its folder's (storage.trial_name): what the console, the report and MLflow call it
+    low_budget: bool = False  # budget halving's run below the full budget: it ranks configurations, never wins
 
     def __post_init__(self):
         self.name = self.name or self.trial_id
@@ -92,7 +93,9 @@ def summarise(results, spec: SweepSpec) -> list[TrialSummary]:
         trials.append(TrialSummary(trial_id, outcome, metrics, result.config or {}, result.checkpoint, error,
                                    history=one_row_per_epoch(rows),
                                    plan=TrialPlan.from_json(announced) if announced else None,
-                                   name=name_from_folder(result.path, trial_id)))
+                                   name=name_from_folder(result.path, trial_id),
+                                   low_budget=int((result.config or {}).get(BUDGET_KEY, spec.training.max_epochs))
+                                   < spec.training.max_epochs))
     sign = -1 if spec.mode == "max" else 1
     trials.sort(key=lambda t: (t.outcome != COMPLETED, sign * t.metrics.get(spec.search.metric, 0.0)
                                if t.outcome == COMPLETED else 0.0))
@@ -107,9 +110,9 @@ def one_row_per_epoch(rows: list[dict]) -> list[dict]:
 
 
 def winners(trials: list[TrialSummary]) -> list[TrialSummary]:
-    """The trials that may win: completed (the loop completes a run only with finite losses and validation metrics);
-    best first. Stopped, diverged and failed ones never do."""
-    return [t for t in trials if t.outcome == COMPLETED]
+    """The trials that may win: completed (the loop completes a run only with finite losses and validation metrics)
+    at the full budget; best first. Stopped, diverged and failed ones never do, nor budget halving's lower budgets."""
+    return [t for t in trials if t.outcome == COMPLETED and not t.low_budget]
 
 
 def outcome_counts(trials: list[TrialSummary]) -> str:
@@ -201,6 +204,7 @@ def epoch_rows(trial: TrialSummary, **columns) -> list[dict]:
     for index, result in enumerate(trial.history):
         last = index == len(trial.history) - 1
         rows.append({**columns, "trial": trial.name, "trial_id": trial.trial_id, "outcome": trial.outcome,
+                     **({CONFIG_KEY: trial.config[CONFIG_KEY]} if CONFIG_KEY in trial.config else {}),
                      **{f"param.{k}": str(v) for k, v in trial.params.items()}, **numeric(result),
                      "test_acc": trial.test["test_acc"] if last and trial.test else None,
                      "test_loss": trial.test["test_loss"] if last and trial.test else None})

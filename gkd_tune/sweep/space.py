@@ -26,6 +26,8 @@ from .storage import TRIAL_DIR_PREFIX, WORKER_SCRATCH_DIR
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")  # grid: every value, in every sample
 METRICS = ("val_acc", "val_loss")
+# asha: one run per trial, stopped at ASHA's rungs; budget_halving: complete runs at compressed budgets (strategy.py)
+SCHEDULERS = ("asha", "budget_halving")
 SWEEP_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 
 
@@ -74,8 +76,14 @@ class SearchSettings:
     num_samples: int = setting(8, "number of trials (with a grid: repeats of the whole grid)", low=1)
     max_concurrent_trials: int = setting(2, "trials running at once", low=1)
     seed: int = setting(0, "Optuna sampler seed", **SEED_RANGE)
-    grace_period: int = setting(1, "ASHA: epochs every trial runs before it can be stopped", low=1)
-    reduction_factor: int = setting(2, "ASHA: 1 / the share of trials promoted at each rung", low=2, high=100)
+    scheduler: str = setting("asha", "asha: one run per trial, ASHA stops it at its rungs; budget_halving: complete "
+                             "runs at budgets grace_period, x reduction_factor, ..., max_epochs (the Gompertz time "
+                             "scale and the lr schedule compressed to each), the best 1/reduction_factor of each "
+                             "budget run again at the next", choices=SCHEDULERS)
+    grace_period: int = setting(1, "ASHA: epochs every trial runs before it can be stopped; budget_halving: the "
+                                "first budget", low=1)
+    reduction_factor: int = setting(2, "1 / the share of trials promoted at each rung (ASHA) or budget "
+                                    "(budget_halving)", low=2, high=100)
     metric: str = setting("val_acc", "the last epoch's validation metric that ranks trials", choices=METRICS)
     max_failures: int = setting(2, "retries of a failed trial (from its last checkpoint)", low=0)
     startup_trials: int | None = setting(None, "random trials before TPE models the results (Optuna's "
@@ -154,7 +162,9 @@ class SweepSpec:
 
     @property
     def trial_count(self) -> int:
-        """num_samples, times the size of every grid."""
+        """num_samples, times the size of every grid; with budget_halving, the runs at every budget."""
+        if self.search.scheduler == "budget_halving":
+            return sum(count for _, count in halving_plan(self))
         return self.search.num_samples * math.prod(len(d.values) for d in self.grid().values())
 
     def with_overrides(self, **changes) -> "SweepSpec":
@@ -163,6 +173,22 @@ class SweepSpec:
         tracking = replace(self.tracking, uri=changes["tracking_uri"]) if changes.get("tracking_uri") else self.tracking
         storage = changes.get("storage_path") or self.storage_path
         return replace(self, search=search, tracking=tracking, storage_path=storage)
+
+
+def halving_plan(spec: SweepSpec) -> list[tuple[int, int]]:
+    """budget_halving's (budget, configurations run at it), lowest budget first: budgets grace_period x
+    reduction_factor^k below max_epochs, then max_epochs (27, 81, 240); every configuration at the first, then the
+    best ceil(n / reduction_factor) of each."""
+    s, full = spec.search, spec.training.max_epochs
+    budgets, budget = [], s.grace_period
+    while budget < full:
+        budgets.append(budget)
+        budget *= s.reduction_factor
+    plan, count = [], s.num_samples
+    for budget in budgets + [full]:
+        plan.append((budget, count))
+        count = math.ceil(count / s.reduction_factor)
+    return plan
 
 
 def chosen_values(spec: SweepSpec, values: dict[str, Any]) -> dict[str, Any]:
@@ -341,6 +367,9 @@ def parse_space(raw: Any, file: Path | str = "<space>") -> SweepSpec:
     search = reader.section(SearchSettings, raw.get("search"), "search")
     if search.grace_period > training.max_epochs:
         reader.fail("search.grace_period", f"must be <= training.max_epochs ({training.max_epochs})")
+    if search.scheduler == "budget_halving" and search.grace_period >= training.max_epochs:
+        reader.fail("search.grace_period", f"is budget_halving's first budget: must be below training.max_epochs "
+                                           f"({training.max_epochs}), got {search.grace_period}")
     resources = reader.section(Resources, raw.get("resources"), "resources")
     tracking = reader.section(TrackingSpec, raw.get("tracking"), "tracking")
     params_raw = reader.mapping(raw.get("params"), "params", list(TRIAL_PARAMS))
@@ -373,6 +402,12 @@ def _check_search(reader: _Reader, params: dict, search: SearchSettings) -> None
     if "inflection" in params:
         if "c" in params:
             reader.fail("params.inflection", "give c or inflection (c = b / inflection), not both")
+    if not searched and search.scheduler == "budget_halving":
+        reader.fail("search.scheduler", "budget_halving chooses among searched configurations: this space searches "
+                                        "nothing (a baseline runs every trial to max_epochs)")
+    if search.scheduler == "budget_halving" and search.full_budget_trials:
+        reader.fail("search.full_budget_trials", "is ASHA's: budget halving stops no run early (its fidelity across "
+                                                 "budgets: benchmarks/fidelity_study.py, docs/method.md)")
     if not searched and search.full_budget_trials:
         reader.fail("search.full_budget_trials", "a sweep that searches nothing stops no trial early already")
     if 0 < search.full_budget_trials < 3:

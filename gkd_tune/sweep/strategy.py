@@ -25,7 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ..core.distillers import distillation_method
 from ..core.loop import COMPLETED, DIVERGED, OUTCOME  # noqa: F401 (the four outcomes are imported from here)
-from .space import Distribution, SweepSpec
+from .space import Distribution, SweepSpec, halving_plan
 
 STOPPED, FAILED = "stopped_by_asha", "failed"
 # A trial whose set-up fails for a reason that a retry cannot change (its configuration, its data, the teacher file
@@ -80,6 +80,91 @@ class ScheduleAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+# In a budget_halving trial's config: the configuration's name across its runs ('c07'), and its run's budget
+CONFIG_KEY, BUDGET_KEY = "config", "max_epochs"
+
+
+class BudgetHalvingSearch(ScheduleAwareOptunaSearch):
+    """Budget halving as a Tune searcher: Optuna proposes every configuration, each run to the end at the first
+    budget (max_epochs compressed: the Gompertz time scale and the lr schedule with it); when a budget's runs have
+    all ended, the best ceil(n / eta) by the metric are suggested again at the next budget; FINISHED after the full
+    budget's.
+
+    Optuna is told the first budget's results only: TPE models one objective, and a 27-epoch and a 240-epoch
+    accuracy are two objectives on different scales (its good/bad split would sort by budget, not by
+    configuration); the first budget is the one every configuration has, the higher ones hold a third, a ninth.
+    """
+
+    def __init__(self, plan: list[tuple[int, int]], **kwargs):
+        super().__init__(**kwargs)
+        self.plan = plan  # (budget, planned runs)
+        self.stage = 0
+        self.configurations: dict[str, dict] = {}  # name -> the values Optuna proposed
+        self.runs: dict[str, tuple[str, int]] = {}  # trial id -> (configuration, budget)
+        self.results: dict[str, float | None] = {}  # trial id -> its final metric (None: not completed)
+        self.queue: list[str] = []  # configurations still to suggest at the current stage
+
+    def suggest(self, trial_id: str):
+        from ray.tune.search import Searcher
+
+        budget, planned = self.plan[self.stage]
+        if self.stage == 0 and len(self.configurations) < planned:
+            values = super().suggest(trial_id)
+            if values is None:
+                return None
+            name = f"c{len(self.configurations) + 1:02d}"
+            self.configurations[name] = values
+            return self._run(trial_id, name, budget)
+        if not self.queue and self._stage_ended() and self.stage + 1 < len(self.plan):
+            self.stage += 1
+            self.queue = self.promoted()
+            budget = self.plan[self.stage][0]
+        if self.queue:
+            return self._run(trial_id, self.queue.pop(0), budget)
+        if self._stage_ended() and self.stage + 1 == len(self.plan):
+            return Searcher.FINISHED
+        return None  # the budget's last runs are still going
+
+    def _run(self, trial_id: str, name: str, budget: int) -> dict:
+        self.runs[trial_id] = (name, budget)
+        return {**self.configurations[name], CONFIG_KEY: name, BUDGET_KEY: budget}
+
+    def _stage_ended(self) -> bool:
+        budget = self.plan[self.stage][0]
+        here = [t for t, (_, b) in self.runs.items() if b == budget]
+        return not self.queue and all(t in self.results for t in here) and \
+            (self.stage > 0 or len(here) >= self.plan[0][1])
+
+    def promoted(self) -> list[str]:
+        """The configurations the ended stage sends on: the best by the metric, up to the next budget's planned
+        runs (fewer where fewer completed)."""
+        budget, count = self.plan[self.stage - 1][0], self.plan[self.stage][1]
+        sign = -1 if self._mode == "max" else 1
+        ended = {self.runs[t][0]: value for t, value in self.results.items() if self.runs[t][1] == budget}
+        return sorted((n for n, v in ended.items() if v is not None), key=lambda n: sign * ended[n])[:count]
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        if trial_id in self._ot_trials:  # a first-budget run: Optuna's trial
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self.runs and trial_id not in self.results:
+            completed = not error and trial_outcome(result, error) == COMPLETED
+            self.results[trial_id] = float(result[self.metric]) if completed else None
+        super().on_trial_complete(trial_id, result, error)
+
+
+def expected_runs(plan: list[tuple[int, int]], completed: dict[int, int]) -> int:
+    """How many runs budget halving makes when only `completed[budget]` runs of a budget completed (the others
+    diverged or failed, and are not sent on): at most the plan's."""
+    total, available = 0, None
+    for budget, planned in plan:
+        runs = planned if available is None else min(planned, available)
+        total += runs
+        available = completed.get(budget, 0)
+    return total
+
+
 class ASHAWithFullBudgetTrials(ASHAScheduler):
     """ASHA that lets the first `full_budget_trials` trials run to max_t whatever their rank. Their results still
     enter the rungs, so they also set the cutoffs the others are judged by."""
@@ -108,20 +193,24 @@ class ASHAWithFullBudgetTrials(ASHAScheduler):
 
 
 def build_searcher(spec: SweepSpec) -> ScheduleAwareOptunaSearch | None:
-    """Optuna TPE (multivariate, seeded, `search.tpe_startup_trials` random trials first); None when nothing is
-    searched (a baseline: Tune runs the fixed values and grids as they are)."""
+    """Optuna TPE (multivariate, seeded, `search.tpe_startup_trials` random trials first), proposing budget
+    halving's configurations where it is the scheduler; None when nothing is searched (a baseline: Tune runs the
+    fixed values and grids as they are)."""
     if not spec.searched():
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate TPE
         sampler = optuna.samplers.TPESampler(seed=spec.search.seed, multivariate=True,
                                              n_startup_trials=spec.search.tpe_startup_trials)
+    if spec.search.scheduler == "budget_halving":
+        return BudgetHalvingSearch(halving_plan(spec), sampler=sampler)
     return ScheduleAwareOptunaSearch(sampler=sampler)
 
 
 def build_scheduler(spec: SweepSpec) -> ASHAWithFullBudgetTrials | None:
-    """ASHA on the epoch; None (every trial runs to max_epochs) when nothing is searched."""
-    if not spec.searched():
+    """ASHA on the epoch; None (every trial runs to its max_epochs) when nothing is searched, or with budget halving
+    (its runs are complete ones)."""
+    if not spec.searched() or spec.search.scheduler == "budget_halving":
         return None
     s = spec.search
     return ASHAWithFullBudgetTrials(full_budget_trials=s.full_budget_trials, time_attr="epoch",
@@ -136,6 +225,8 @@ def schedule_diagnostics(spec: SweepSpec, samples: int = DIAGNOSTIC_SAMPLES, see
     """(lines, warnings) on what ASHA's rungs will judge: for each rung, the share of sampled Gompertz schedules
     whose beta has reached less than RISE_SHARE of its rise; and the share whose inflection b/c lies past the
     budget (beta never rises)."""
+    if spec.searched() and spec.search.scheduler == "budget_halving":
+        return halving_lines(spec)
     scheduler = build_scheduler(spec)
     if scheduler is None:
         return ["no early stopping (nothing is searched): every trial runs all its epochs"], []
@@ -175,6 +266,24 @@ def schedule_diagnostics(spec: SweepSpec, samples: int = DIAGNOSTIC_SAMPLES, see
         warned.append("choose a later search.grace_period, or b/c ranges (or params.inflection) inside the budget: "
                       "docs/guide.md, 'Early stopping and the Gompertz schedule'")
     return lines, warned
+
+
+def halving_lines(spec: SweepSpec) -> tuple[list[str], list[str]]:
+    """(lines, no warnings) of budget halving's plan: each budget's runs and epochs, against every configuration at
+    the full budget and ASHA at this space's rung; the caveat that the first budget's ranking decides most."""
+    plan, full, s = halving_plan(spec), spec.training.max_epochs, spec.search
+    epochs = sum(budget * count for budget, count in plan)
+    lines = [f"{count:>4} run(s) x {budget:>4} epochs = {budget * count:>6,} epochs" +
+             ("  (every configuration)" if i == 0 else f"  (the best 1/{s.reduction_factor} of the last budget)")
+             for i, (budget, count) in enumerate(plan)]
+    lines.append(f"{sum(c for _, c in plan):>4} runs, {epochs:,} epochs: {epochs / (s.num_samples * full):.0%} of every "
+                 f"configuration at {full}; each run complete, its Gompertz time scale and lr schedule compressed "
+                 f"to its budget")
+    lines.append(f"caveat: budget halving keeps the best 1/{s.reduction_factor} of the {plan[0][0]}-epoch runs: a configuration "
+              f"that ranks low at {plan[0][0]} epochs and high at {full} is lost. How well the compressed budgets "
+              f"predict the full one is measured, with intervals, in docs/method.md ('Early stopping: the fidelity "
+              f"study'); the summary prints it again for this sweep's configurations")
+    return lines, []
 
 
 def _may_be(value, wanted) -> bool:

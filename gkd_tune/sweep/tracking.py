@@ -23,12 +23,13 @@ from ..core.distillers import distillation_method
 from ..core.files import STUDENT_FILE
 from .space import PLAN_KEY, SweepSpec, TrialPlan, sweep_params
 from .storage import trial_name
-from .strategy import DIVERGED, FAILED, SETUP_ERROR, trial_outcome
+from .strategy import CONFIG_KEY, DIVERGED, FAILED, SETUP_ERROR, trial_outcome
 
 SWEEP_TAG = "gkd_tune.sweep_dir"
 SWEEP_KEY_TAG = "gkd_tune.sweep_key"
 TRIAL_TAG = "gkd_tune.trial_id"
 OUTCOME_TAG = "gkd_tune.outcome"  # strategy.trial_outcome
+CONFIG_TAG = "gkd_tune.config"  # budget halving: a configuration's name, the same on its run at every budget
 TESTED_TAG = "gkd_tune.tested"
 ERROR_TAG = "gkd_tune.error"  # a failed trial's error, one line
 # set once a trial run holds its plan (params and beta curve): a driver killed in between leaves a run without it,
@@ -47,7 +48,9 @@ VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 
 
 def saved_view(spec: SweepSpec) -> str:
+    halving = spec.search.scheduler == "budget_halving"
     columns = ([f"metrics.`{m}`" for m in (spec.search.metric, "test_acc", "epoch_time_s")]
+               + (["params.`max_epochs`"] if halving else [])
                + [f"params.`{name}`" for name in [*spec.searched(), *spec.grid()]] + ["tags.`epochs_run`"])
     state = {
         "searchFilter": "", "orderByKey": f"metrics.`{spec.search.metric}`", "orderByAsc": spec.mode == "min",
@@ -55,10 +58,12 @@ def saved_view(spec: SweepSpec) -> str:
         "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL", "useGroupedValuesInCharts": False,
         # a group's row shows its best value (the best val_acc among the completed, the one tested test_acc), not
         # an average over trials stopped at other epochs
-        "groupBy": {"aggregateFunction": spec.mode, "groupByKeys": [{"mode": "tag", "groupByData": OUTCOME_TAG}]},
+        # with budget halving, one group per configuration: its runs at every budget together
+        "groupBy": {"aggregateFunction": spec.mode,
+                    "groupByKeys": [{"mode": "tag", "groupByData": CONFIG_TAG if halving else OUTCOME_TAG}]},
     }
     now = int(time.time() * 1000)
-    return json.dumps({"name": "gkd-tune: trials by outcome", "createdAt": now, "updatedAt": now,
+    return json.dumps({"name": "gkd-tune: runs by configuration" if halving else "gkd-tune: trials by outcome", "createdAt": now, "updatedAt": now,
                        "state": json.dumps(state)})
 
 
@@ -177,7 +182,9 @@ class MlflowTrialLogger(tune.Callback):
         else:
             run_id = self.client.create_run(
                 self.tracker.experiment_id, run_name=self.run_name(trial),
-                tags={"mlflow.parentRunId": self.tracker.parent_id, TRIAL_TAG: trial.trial_id}).info.run_id
+                tags={"mlflow.parentRunId": self.tracker.parent_id, TRIAL_TAG: trial.trial_id,
+                      **({CONFIG_TAG: str(trial.config[CONFIG_KEY])} if CONFIG_KEY in trial.config else {})}
+            ).info.run_id
             last = 0
         self.runs[trial.trial_id] = (run_id, last)
         return run_id, last
