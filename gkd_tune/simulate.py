@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shipped-grace", type=int, help="ASHA's rung as shipped (default: half the full budget, "
                         "where search_spaces/gompertz.yaml has it)")
     parser.add_argument("--metric", default="val_acc", choices=("val_acc", "val_loss"))
+    parser.add_argument("--judge", choices=("val", "test", "both"), help="what a choice is judged by: the "
+                        "full-budget validation metric it was made on, the full-budget test accuracy (a larger, "
+                        "untouched sample where every configuration was tested: a fidelity study), or both "
+                        "(default: both where every configuration has a test result, else val)")
     parser.add_argument("--out", type=Path, help="folder for simulation.md and regret-vs-cost.png (default: the "
                         "folder of trials.parquet; reports/<name> for a sweep in storage)")
     return parser
@@ -107,12 +111,6 @@ def table(results, full_epochs: int, reference) -> str:
     return "\n".join(lines)
 
 
-def best_configuration(configurations, full: int, metric: str) -> str:
-    sign = 1 if metric == "val_acc" else -1
-    finite = [c for c in configurations if math.isfinite(c.final(full))]
-    return max(finite, key=lambda c: sign * c.final(full)).name if finite else "(none completed)"
-
-
 def _num(value: float) -> str:
     return f"{value:.4f}" if math.isfinite(value) else "-"
 
@@ -121,21 +119,41 @@ def _pts(value: float) -> str:
     return f"{100 * value:.2f}" if math.isfinite(value) else "-"
 
 
-def plot(results, file: Path, title: str) -> None:
+def fidelity_table(configurations, budgets: list[int], shipped: int, judges: list[str]) -> str:
+    """Spearman's rho of each lower budget's result (compressed) and of the full-budget run's metric at each such
+    epoch and at ASHA's shipped rung (prefix) against the full-budget result, per judge."""
+    from .sweep.simulate import fidelity
+
+    full = budgets[-1]
+    head = "| early result | " + " | ".join(f"rho vs full-budget {JUDGED[j]} [95%] n" for j in judges) + " |"
+    lines = [head, "|" + "---|" * (len(judges) + 1)]
+    rows = [(f"budget {b} (compressed)", b, True) for b in budgets[:-1]]
+    rows += [(f"epoch {e} of {full} (prefix)", e, False) for e in sorted({*budgets[:-1], shipped})]
+    for text, at, compressed in rows:
+        lines.append(f"| {text} | " + " | ".join(fidelity(configurations, at, compressed, full, j).text()
+                                                 for j in judges) + " |")
+    return "\n".join(lines)
+
+
+JUDGED = {"val": "validation metric", "test": "test_acc"}
+
+
+def plot(tables: dict, file: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 5))
-    for r in results:
-        axes.errorbar(100 * r.share, 100 * r.regret, yerr=[[0], [100 * max(r.regret_high - r.regret, 0)]],
-                      fmt="o", capsize=3)
-        axes.annotate(r.design.label, (100 * r.share, 100 * r.regret), textcoords="offset points", xytext=(5, 5),
-                      fontsize=7)
-    axes.set_xlabel("epochs spent, % of every configuration to the full budget")
-    axes.set_ylabel("regret, val accuracy points (mean; bar to the 90th percentile)")
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
+    figure, axes = plt.subplots(1, len(tables), figsize=(7 * len(tables), 5), squeeze=False)
+    for axes, (judge, results) in zip(axes[0], tables.items()):
+        for i, r in enumerate(results):
+            axes.errorbar(100 * r.share, 100 * r.regret, yerr=[[0], [100 * max(r.regret_high - r.regret, 0)]],
+                          fmt="o", capsize=3)
+            axes.annotate(r.design.label, (100 * r.share, 100 * r.regret), textcoords="offset points",
+                          xytext=(5, 5 if i % 2 else -11), fontsize=7)  # alternate: neighbours overlap less
+        axes.set_xlabel("epochs spent, % of every configuration to the full budget")
+        axes.set_ylabel(f"regret, full-budget {JUDGED[judge]} points (mean; bar to the 90th percentile)")
+        axes.set_title(f"{title}: judged by the full-budget {JUDGED[judge]}", fontsize=9)
+        axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(file, dpi=110)
     plt.close(figure)
@@ -145,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def simulate() -> int:
-        from .sweep.simulate import configurations_from_rows, default_designs, parse_design, simulate
+        from .sweep.simulate import configurations_from_rows, default_designs, judged, parse_design, simulate
 
         if args.orders < 1 or (args.workers is not None and args.workers < 1):
             raise ValueError("--orders and --workers must be >= 1")
@@ -164,18 +182,29 @@ def main(argv: list[str] | None = None) -> int:
         texts = args.design or default_designs(budgets, shipped, workers, len(whole))
         designs = [parse_design(text, budgets) for text in texts]
         out = check_output_folder(args.out or folder or Path("reports") / name, "--out" if args.out else "the folder")
-        results = simulate(whole, designs, workers=workers, orders=args.orders, metric=args.metric,
-                           mode="max" if args.metric == "val_acc" else "min")
-        # ASHA as the CIFAR spaces ship it: the first ASHA at the shipped rung (the default list's has the exempt trials)
-        reference = next((r for r in results if r.design.kind == "asha" and r.design.options["grace"] == shipped), None)
-        text = (f"{len(whole)} configurations with a whole {full}-epoch curve, runs at budgets "
-                f"{', '.join(map(str, budgets))}; {workers} running at once; {args.orders} trial orders; "
-                f"{args.metric}.\nbest full-budget configuration: "
-                f"{best_configuration(whole, full, args.metric)}\n\n"
-                + table(results, full, reference))
+        tested = all(math.isfinite(c.test.get(full, math.nan)) for c in whole)
+        if args.judge in ("test", "both") and not tested:
+            raise ValueError(f"--judge {args.judge}: not every configuration's full-budget run was tested (a sweep "
+                             f"tests its best only): judge by val")
+        judges = {"val": ["val"], "test": ["test"], "both": ["val", "test"]}[args.judge or ("both" if tested else "val")]
+        tables = {judge: simulate(whole, designs, workers=workers, orders=args.orders, metric=args.metric,
+                                  mode="max" if args.metric == "val_acc" else "min", judge=judge) for judge in judges}
+        parts = [f"{len(whole)} configurations with a whole {full}-epoch curve, runs at budgets "
+                 f"{', '.join(map(str, budgets))}; {workers} running at once; {args.orders} trial orders; designs "
+                 f"decide on {args.metric}.", "",
+                 "Rank fidelity (Spearman, 95% interval, n):", "", fidelity_table(whole, budgets, shipped, judges)]
+        for judge, results in tables.items():
+            # ASHA as the CIFAR spaces ship it: the first ASHA at the shipped rung (the default's has exempt trials)
+            reference = next((r for r in results if r.design.kind == "asha" and r.design.options["grace"] == shipped),
+                             None)
+            best = max(whole, key=lambda c: (1 if args.metric == "val_acc" or judge == "test" else -1) * (
+                judged(c, full, judge) if math.isfinite(judged(c, full, judge)) else -math.inf)).name
+            parts += ["", f"Judged by the full-budget {JUDGED[judge]} (best configuration: {best}):", "",
+                      table(results, full, reference)]
+        text = "\n".join(parts)
         out.mkdir(parents=True, exist_ok=True)
         (out / "simulation.md").write_text(text + "\n")
-        plot(results, out / "regret-vs-cost.png", f"{name}: {len(whole)} configurations, {args.orders} orders")
+        plot(tables, out / "regret-vs-cost.png", f"{name}: {len(whole)} configurations, {args.orders} orders")
         print(text + f"\n\nwritten: {out / 'simulation.md'}, {out / 'regret-vs-cost.png'}")
         return 0
 

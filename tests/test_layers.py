@@ -24,7 +24,7 @@ LAYERS = {
         {"space"},
         {"strategy", "resume"},
         {"tracking", "trainable", "progress"},
-        {"report", "registry"},
+        {"report", "registry", "simulate"},
     ],
     "cluster": [  # where it runs: which Ray, the checks before a sweep, the doctor
         {"preflight", "runtime"},
@@ -33,7 +33,7 @@ LAYERS = {
     "": [  # the run engine and the command-line programs (python -m gkd_tune.<command>)
         {"cli"},
         {"engine"},
-        {"search", "reproduce", "train", "report", "doctor", "data", "teacher", "export"},
+        {"search", "reproduce", "train", "report", "doctor", "data", "teacher", "export", "simulate"},
     ],
 }
 ORDER = [(package, i) for package, layers in LAYERS.items() for i in range(len(layers))]

@@ -302,6 +302,37 @@ def test_stopped_trials_are_pruned_for_optuna_full_budget_trials_rank_the_rungs_
 
 
 @pytest.mark.slow
+def test_the_quickstart_with_budget_halving_end_to_end(tmp_path):
+    """The quickstart's real trials under budget halving: 6 configurations at 2 epochs (compressed), the best 2 at
+    4; the best full-budget student tested, registered and copied."""
+    import yaml
+
+    space = yaml.safe_load(QUICKSTART.read_text())
+    space["search"] = {**space["search"], "scheduler": "budget_halving", "num_samples": 6, "full_budget_trials": 0}
+    file = tmp_path / "quickstart.yaml"
+    file.write_text(yaml.safe_dump(space))
+    db = tmp_path / "mlflow.db"
+    done = subprocess.run([sys.executable, "-m", "gkd_tune.search", "--space", str(file), "--storage-path",
+                           str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{db}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "6 run(s) x    2 epochs" in done.stdout and "2 run(s) x    4 epochs" in done.stdout
+    assert "8 trials: 8 completed" in done.stdout and "Budget fidelity" in done.stdout
+    client, parent, children = child_runs(db)
+    assert parent[0].info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in children)
+    assert sorted(int(r.data.params["max_epochs"]) for r in children) == [2] * 6 + [4] * 2
+    best = [r for r in children if r.data.tags["gkd_tune.trial_id"] == parent[0].data.tags["best_trial"]]
+    assert best[0].data.params["max_epochs"] == "4" and "test_acc" in best[0].data.metrics
+    # the two full-budget runs are the best two configurations of the first budget
+    first = {r.data.tags["gkd_tune.config"]: r.data.metrics["val_acc"] for r in children
+             if r.data.params["max_epochs"] == "2"}
+    promoted = {r.data.tags["gkd_tune.config"] for r in children if r.data.params["max_epochs"] == "4"}
+    assert len(promoted) == 2 and min(first[c] for c in promoted) >= sorted(first.values())[-2]  # (ties either way)
+    assert (tmp_path / "runs" / "quickstart" / "best" / "student.pt").exists()
+    assert "now models:/quickstart@champion" in done.stdout
+
+
+@pytest.mark.slow
 def test_budget_halving_reruns_the_best_configurations_at_compressed_budgets_and_only_the_full_budget_wins(
         tmp_path, monkeypatch, capsys):
     import pyarrow.parquet as pq

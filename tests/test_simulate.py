@@ -90,8 +90,23 @@ def test_simulate_command_on_the_committed_study(tmp_path, capsys):
     for design in ("asha(grace=13, eta=3, full=2)", "hyperband(grace=3, eta=3, brackets=3)", "median(grace=3",
                    "budget_halving(eta=3)"):
         assert design in printed
-    assert (tmp_path / "simulation.md").read_text().count("\n| ") == 8  # the header and the 7 designs
+    written = (tmp_path / "simulation.md").read_text()
+    assert "| budget 3 (compressed) | +0.35 [-0.19, +0.73] n=16 | +0.74 [+0.37, +0.91] n=16 |" in written
+    assert "| epoch 13 of 27 (prefix) | +0.18 [-0.36, +0.63] n=16 | +0.63 [+0.18, +0.86] n=16 |" in written
+    assert "Judged by the full-budget validation metric" in written and "Judged by the full-budget test_acc" in written
+    assert written.count("| budget_halving(eta=3) | 156 | 36% |") == 2  # its epochs do not depend on the order
     assert (tmp_path / "regret-vs-cost.png").stat().st_size > 10_000
+
+
+def test_a_sweep_without_test_results_is_judged_by_val_only(tmp_path, capsys):
+    rows = [{"trial": f"t0{i}", "epoch": e, "val_acc": v * e, "param.max_epochs": 2} for i, v in enumerate(
+        (0.1, 0.2, 0.3, 0.4)) for e in (1, 2)]
+    write_parquet(rows, tmp_path / "trials.parquet")
+    assert command.main(["--sweep", str(tmp_path), "--orders", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Judged by the full-budget validation metric" in out and "test_acc" not in out.split("Judged")[1]
+    assert command.main(["--sweep", str(tmp_path), "--judge", "test"]) == 2
+    assert "not every configuration's full-budget run was tested" in capsys.readouterr().err
 
 
 def test_simulate_command_refuses_curves_it_cannot_replay(tmp_path, capsys):

@@ -207,7 +207,7 @@ class DesignResult:
     share: float  # of the full sweep's epochs (every configuration to the full budget)
     chosen_val: float  # mean, over orders, of the chosen configuration's full-budget metric
     chosen_test: float
-    regret: float  # mean (best full-budget value - the chosen one's), in the metric's units
+    regret: float  # mean (best full-budget value - the chosen one's), in the judged metric's units
     regret_high: float  # its 90th percentile over orders
     top: float  # P(the chosen configuration is among the TOP best)
     fidelity: RankFidelity  # at the design's first cut, against the full budget
@@ -225,12 +225,20 @@ def first_cut(design: Design, budgets: list[int]) -> tuple[str, int, bool]:
     return f"epoch {design.options['grace']} of {full}", design.options["grace"], False
 
 
-def fidelity(configurations: list[Configuration], at: int, compressed: bool, full: int) -> RankFidelity:
+def judged(configuration: Configuration, full: int, judge: str) -> float:
+    """The full-budget result a design's choice is judged by: the validation metric it chose on, or ("test") the
+    test metric of the run's final student (a larger, untouched sample where the study measured it)."""
+    return configuration.test.get(full, math.nan) if judge == "test" else configuration.final(full)
+
+
+def fidelity(configurations: list[Configuration], at: int, compressed: bool, full: int,
+             judge: str = "val") -> RankFidelity:
     """Spearman's rho, over the configurations with both values finite, between the metric at `at` (the last epoch
-    of the run at budget `at` if compressed, else epoch `at` of the full-budget run) and the full-budget result."""
+    of the run at budget `at` if compressed, else epoch `at` of the full-budget run) and the full-budget result
+    (`judged`)."""
     pairs = []
     for c in configurations:
-        final = c.final(full)
+        final = judged(c, full, judge)
         curve = c.curves.get(at if compressed else full, [])
         early = (c.final(at) if compressed else (curve[at - 1] if len(curve) >= at else math.nan))
         if math.isfinite(final) and math.isfinite(early):
@@ -239,14 +247,16 @@ def fidelity(configurations: list[Configuration], at: int, compressed: bool, ful
 
 
 def simulate(configurations: list[Configuration], designs: list[Design], *, workers: int, orders: int, metric: str,
-             mode: str, seed: int = 0) -> list[DesignResult]:
-    """Each design replayed over `orders` random trial orders (the first: as the configurations are listed)."""
+             mode: str, seed: int = 0, judge: str = "val") -> list[DesignResult]:
+    """Each design replayed over `orders` random trial orders (the first: as the configurations are listed); its
+    choice judged (regret, top-3, fidelity) by the full-budget validation metric, or with `judge="test"` by the
+    test accuracy (then higher is better)."""
     budgets = sorted({b for c in configurations for b in c.curves})
     full = budgets[-1]
     replayable = [c for c in configurations if len(c.curves.get(full, [])) == full or
                   (c.curves.get(full) and not math.isfinite(c.curves[full][-1]))]
-    sign = 1 if mode == "max" else -1
-    finals = {c.name: c.final(full) for c in replayable}
+    sign = 1 if mode == "max" or judge == "test" else -1
+    finals = {c.name: judged(c, full, judge) for c in replayable}
     ranked = sorted((n for n, v in finals.items() if math.isfinite(v)), key=lambda n: -sign * finals[n])
     best = finals[ranked[0]]
     rng = np.random.default_rng(seed)
@@ -258,17 +268,18 @@ def simulate(configurations: list[Configuration], designs: list[Design], *, work
                     for k, order in enumerate(permutations)]
         chosen = [o.chosen for o in outcomes if o.chosen is not None]
         regrets = [sign * (best - finals[name]) for name in chosen]
+        vals = [next(c for c in replayable if c.name == name).final(full) for name in chosen]
         tests = [next(c for c in replayable if c.name == name).test.get(full, math.nan) for name in chosen]
         description, at, compressed = first_cut(design, budgets)
         epochs = float(np.mean([o.epochs for o in outcomes]))
         results.append(DesignResult(
             design, epochs, epochs / (full * len(replayable)),
-            float(np.mean([finals[n] for n in chosen])) if chosen else math.nan,
+            float(np.mean(vals)) if chosen else math.nan,
             float(np.nanmean(tests)) if any(math.isfinite(t) for t in tests) else math.nan,
             float(np.mean(regrets)) if regrets else math.nan,
             float(np.percentile(regrets, 90)) if regrets else math.nan,
             float(np.mean([n in ranked[:TOP] for n in chosen])) if chosen else 0.0,
-            fidelity(replayable, at, compressed, full), description, len(outcomes) - len(chosen)))
+            fidelity(replayable, at, compressed, full, judge), description, len(outcomes) - len(chosen)))
     return results
 
 
