@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .strategy import RankFidelity, spearman
+from .strategy import ASHAWithFullBudgetTrials, RankFidelity, spearman
 
 DESIGNS = ("full", "asha", "hyperband", "median", "budget_halving")
 DESIGN_OPTIONS = {  # each design's options; None: set from the study (its budgets)
@@ -123,14 +123,12 @@ class _NoController:
 
 
 def _scheduler(design: Design, metric: str, mode: str, full: int):
-    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
+    from ray.tune.schedulers import MedianStoppingRule
 
     o = design.options
     if design.kind == "median":
         return MedianStoppingRule(time_attr="epoch", metric=metric, mode=mode, grace_period=o["grace"],
                                   min_samples_required=o["min_samples"], hard_stop=True)
-    from .strategy import ASHAWithFullBudgetTrials
-
     return ASHAWithFullBudgetTrials(full_budget_trials=o.get("full", 0), time_attr="epoch", metric=metric, mode=mode,
                                     max_t=full, grace_period=o["grace"], reduction_factor=o["eta"],
                                     brackets=o.get("brackets", 1))

@@ -15,6 +15,7 @@ is read by Optuna (its trial state), MLflow (the `gkd_tune.outcome` tag) and the
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from dataclasses import dataclass
 
@@ -279,10 +280,10 @@ def halving_lines(spec: SweepSpec) -> tuple[list[str], list[str]]:
     lines.append(f"{sum(c for _, c in plan):>4} runs, {epochs:,} epochs: {epochs / (s.num_samples * full):.0%} of every "
                  f"configuration at {full}; each run complete, its Gompertz time scale and lr schedule compressed "
                  f"to its budget")
-    lines.append(f"caveat: budget halving keeps the best 1/{s.reduction_factor} of the {plan[0][0]}-epoch runs: a configuration "
+    lines += textwrap.wrap(f"caveat: budget halving keeps the best 1/{s.reduction_factor} of the {plan[0][0]}-epoch runs: a configuration "
               f"that ranks low at {plan[0][0]} epochs and high at {full} is lost. How well the compressed budgets "
               f"predict the full one is measured, with intervals, in docs/method.md ('Early stopping: the fidelity "
-              f"study'); the summary prints it again for this sweep's configurations")
+              f"study'); the summary prints it again for this sweep's configurations", width=100, subsequent_indent="  ")
     return lines, []
 
 
