@@ -32,7 +32,8 @@ def test_every_gkd_tune_command_in_the_readme_parses():
                 rest = argv[argv.index("-m") + 2:]
                 importlib.import_module(module).build_parser().parse_args(rest)
                 checked += 1
-    assert checked == 6  # the quickstart, the student's one-liner, export, search, the cluster's job, reproduce
+    assert checked == 7  # the quickstart, the student's one-liner, export, search, simulate, the cluster's job,
+    # reproduce
 
 
 def test_the_readme_stays_short_and_its_links_exist():

@@ -204,3 +204,22 @@ def test_budget_halving_needs_a_search_and_a_first_budget_below_max_epochs():
                      "search": {"scheduler": "budget_halving", "full_budget_trials": 3}})
     with pytest.raises(ValueError, match="search.scheduler: must be one of asha, budget_halving"):
         parse_space({"name": "s", "params": {"b": {"uniform": [1, 5]}}, "search": {"scheduler": "hyperband"}})
+
+
+def test_budget_halving_search_survives_a_save_and_restore_mid_budget(tmp_path):
+    from gkd_tune.sweep.space import halving_plan
+    from gkd_tune.sweep.strategy import BudgetHalvingSearch
+
+    spec = parse_space({"name": "s", "training": {"max_epochs": 4}, "params": {"b": {"uniform": [1, 5]}},
+                        "search": {"scheduler": "budget_halving", "num_samples": 3, "grace_period": 2,
+                                   "reduction_factor": 3}})
+    searcher = build_searcher(spec)
+    searcher.set_search_properties("val_acc", "max", {"b": tune.uniform(1, 5)})
+    first = [searcher.suggest(f"r{i}") for i in range(3)]
+    for i, value in enumerate((0.2, 0.6, 0.4)):
+        searcher.on_trial_complete(f"r{i}", {"epoch": 2, "val_acc": value, "outcome": "completed"})
+    searcher.save(str(tmp_path / "searcher.pkl"))  # what Tune keeps in the sweep's storage
+    restored = BudgetHalvingSearch(halving_plan(spec))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    nxt = restored.suggest("s0")
+    assert (nxt["config"], nxt["max_epochs"], nxt["b"]) == ("c02", 4, first[1]["b"])

@@ -11,11 +11,18 @@ import time
 from ray import tune
 
 from .storage import trial_name
-from .strategy import COMPLETED, DIVERGED, SETUP_ERROR, STOPPED, trial_outcome
+from .strategy import BUDGET_KEY, COMPLETED, CONFIG_KEY, DIVERGED, SETUP_ERROR, STOPPED, trial_outcome
 from .tracking import trial_error
 
 ENDED = ("TERMINATED", "ERROR")
 HEARTBEAT_S = 600  # long trials (hours on CIFAR) still show progress; the quickstart's never need it
+
+
+def run_label(trial) -> str:
+    """'t07', or with budget halving 't07 (c03 at 27 epochs)': which configuration, at which budget."""
+    config = trial.config or {}
+    return trial_name(trial) + (f" ({config[CONFIG_KEY]} at {config[BUDGET_KEY]} epochs)" if CONFIG_KEY in config
+                                else "")
 
 
 def duration(seconds: float) -> str:
@@ -77,7 +84,7 @@ class ConsoleProgress(tune.Callback):
         if what is None:  # a set-up failure, reported by the trial itself
             self.say(f"{trial_name(trial)} failed: {result.get(SETUP_ERROR, 'set-up failed')}", trials, trial)
         else:
-            self.say(f"{trial_name(trial)} {what}: {self.metric} {value:.4f}", trials, trial)
+            self.say(f"{run_label(trial)} {what}: {self.metric} {value:.4f}", trials, trial)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         print(f"{trial_name(trial)} failed and is retried from its last checkpoint "
