@@ -173,8 +173,10 @@ class SweepTrials(Trials):
         self.scheduler = build_scheduler(spec)
         return TuneSettings(
             param_space=tune_space(spec), callbacks=[MlflowTrialLogger(spec, storage.location)],
-            tune_config={"metric": spec.search.metric, "mode": spec.mode, "num_samples": self.count if spec.search.scheduler == "budget_halving"
-                         else spec.search.num_samples,  # (Tune repeats a grid num_samples times)
+            tune_config={"metric": spec.search.metric, "mode": spec.mode,
+                         # budget halving: every run at every budget; else Tune repeats a grid num_samples times
+                         "num_samples": self.count if spec.search.scheduler == "budget_halving" else
+                         spec.search.num_samples,
                          "search_alg": build_searcher(spec), "scheduler": self.scheduler})
 
     def finish(self, results, tracker, teachers: list) -> int:
@@ -259,8 +261,8 @@ def report_rank_correlations(results, spec: SweepSpec, tracker, scheduler) -> No
 
 def report_budget_fidelity(trials: list, spec: SweepSpec, tracker) -> None:
     """For budget halving: Spearman's rank correlation between each lower budget's result and the full budget's,
-    over the configurations run at both (the promoted ones: the best of each budget, a top-heavy sample; the
-    full_budget_trials ones run at every budget), with n and its 95% interval; printed and logged
+    over the configurations run at both (the promoted ones: the best of each budget, a top-heavy sample), with n
+    and its 95% interval; printed and logged
     (budget_spearman_b<budget>, budget_spearman_low_ / _high_ / _n_b<budget>)."""
     from .sweep.space import halving_plan
     from .sweep.strategy import BUDGET_KEY, COMPLETED, CONFIG_KEY, RankFidelity, spearman

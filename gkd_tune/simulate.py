@@ -31,17 +31,19 @@ TRIALS_FILE = "trials.parquet"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gkd_tune.simulate", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 2)[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
                                      parents=[shared_options(without_address=None, sweep=False)])
     parser.add_argument("--sweep", required=True, help="<storage>/<name>, a folder holding trials.parquet, or the file")
     parser.add_argument("--design", action="append", metavar="DESIGN", help="a design to replay (repeatable; "
-                        "default: no stopping, ASHA as the CIFAR spaces ship it, ASHA, Hyperband and median stopping "
-                        "from the lowest budget, and budget halving where there are several budgets)")
+                        "default: no stopping, the reference ASHA, ASHA, Hyperband and median stopping from the "
+                        "lowest budget, and budget halving where there are several budgets)")
     parser.add_argument("--workers", type=int, help="trials running at once (default: 1 per 8 configurations, the "
                         "CIFAR spaces' 8 of 64)")
     parser.add_argument("--orders", type=int, default=200, help="random trial orders replayed (default 200)")
-    parser.add_argument("--shipped-grace", type=int, help="ASHA's rung as shipped (default: half the full budget, "
-                        "where search_spaces/gompertz.yaml has it)")
+    parser.add_argument("--reference-grace", type=int, help="the rung of the reference ASHA, which the table's "
+                        "costs are also given against (eta 3, 1 trial in 8 exempt; default: half the full budget, "
+                        "where the CIFAR spaces had it before they used budget halving)")
     parser.add_argument("--metric", default="val_acc", choices=("val_acc", "val_loss"))
     parser.add_argument("--judge", choices=("val", "test", "both"), help="what a choice is judged by: the "
                         "full-budget validation metric it was made on, the full-budget test accuracy (a larger, "
@@ -100,7 +102,7 @@ def sweep_rows(location: str) -> list[dict]:
 def table(results, full_epochs: int, reference) -> str:
     from .sweep.simulate import TOP
 
-    head = (f"| design | epochs | share of full | share of ASHA as shipped | chosen val | chosen test | regret (pts) "
+    head = (f"| design | epochs | share of full | share of the reference ASHA | chosen val | chosen test | regret (pts) "
             f"| regret p90 | P(top-{TOP}) | first cut | rho at first cut [95%] n |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
@@ -119,16 +121,16 @@ def _pts(value: float) -> str:
     return f"{100 * value:.2f}" if math.isfinite(value) else "-"
 
 
-def fidelity_table(configurations, budgets: list[int], shipped: int, judges: list[str]) -> str:
+def fidelity_table(configurations, budgets: list[int], reference_grace: int, judges: list[str]) -> str:
     """Spearman's rho of each lower budget's result (compressed) and of the full-budget run's metric at each such
-    epoch and at ASHA's shipped rung (prefix) against the full-budget result, per judge."""
+    epoch and at the reference ASHA's rung (prefix) against the full-budget result, per judge."""
     from .sweep.simulate import fidelity
 
     full = budgets[-1]
     head = "| early result | " + " | ".join(f"rho vs full-budget {JUDGED[j]} [95%] n" for j in judges) + " |"
     lines = [head, "|" + "---|" * (len(judges) + 1)]
     rows = [(f"budget {b} (compressed)", b, True) for b in budgets[:-1]]
-    rows += [(f"epoch {e} of {full} (prefix)", e, False) for e in sorted({*budgets[:-1], shipped})]
+    rows += [(f"epoch {e} of {full} (prefix)", e, False) for e in sorted({*budgets[:-1], reference_grace})]
     for text, at, compressed in rows:
         lines.append(f"| {text} | " + " | ".join(fidelity(configurations, at, compressed, full, j).text()
                                                  for j in judges) + " |")
@@ -177,25 +179,26 @@ def main(argv: list[str] | None = None) -> int:
         if len(whole) < 3:
             raise ValueError(f"--sweep {args.sweep}: {len(whole)} trial(s) have a whole {full}-epoch curve; a replay "
                              f"needs 3 or more (a sweep's full_budget_trials, or benchmarks/fidelity_study.py)")
-        shipped = args.shipped_grace or max(1, full // 2)
+        reference_grace = args.reference_grace or max(1, full // 2)
         workers = args.workers or max(1, round(len(whole) / 8))
-        texts = args.design or default_designs(budgets, shipped, workers, len(whole))
+        texts = args.design or default_designs(budgets, reference_grace, workers, len(whole))
         designs = [parse_design(text, budgets) for text in texts]
         out = check_output_folder(args.out or folder or Path("reports") / name, "--out" if args.out else "the folder")
         tested = all(math.isfinite(c.test.get(full, math.nan)) for c in whole)
         if args.judge in ("test", "both") and not tested:
             raise ValueError(f"--judge {args.judge}: not every configuration's full-budget run was tested (a sweep "
                              f"tests its best only): judge by val")
-        judges = {"val": ["val"], "test": ["test"], "both": ["val", "test"]}[args.judge or ("both" if tested else "val")]
+        judge = args.judge or ("both" if tested else "val")
+        judges = {"val": ["val"], "test": ["test"], "both": ["val", "test"]}[judge]
         tables = {judge: simulate(whole, designs, workers=workers, orders=args.orders, metric=args.metric,
                                   mode="max" if args.metric == "val_acc" else "min", judge=judge) for judge in judges}
         parts = [f"{len(whole)} configurations with a whole {full}-epoch curve, runs at budgets "
                  f"{', '.join(map(str, budgets))}; {workers} running at once; {args.orders} trial orders; designs "
                  f"decide on {args.metric}.", "",
-                 "Rank fidelity (Spearman, 95% interval, n):", "", fidelity_table(whole, budgets, shipped, judges)]
+                 "Rank fidelity (Spearman, 95% interval, n):", "", fidelity_table(whole, budgets, reference_grace, judges)]
         for judge, results in tables.items():
-            # ASHA as the CIFAR spaces ship it: the first ASHA at the shipped rung (the default's has exempt trials)
-            reference = next((r for r in results if r.design.kind == "asha" and r.design.options["grace"] == shipped),
+            # the reference ASHA: the first ASHA at its rung (the default list's, with exempt trials)
+            reference = next((r for r in results if r.design.kind == "asha" and r.design.options["grace"] == reference_grace),
                              None)
             best = max(whole, key=lambda c: (1 if args.metric == "val_acc" or judge == "test" else -1) * (
                 judged(c, full, judge) if math.isfinite(judged(c, full, judge)) else -math.inf)).name

@@ -84,14 +84,15 @@ def parse_design(text: str, budgets: list[int]) -> Design:
     return Design(kind, options)
 
 
-def default_designs(budgets: list[int], shipped_grace: int, workers: int, configurations: int) -> list[str]:
-    """The designs `simulate` compares when none is given: no stopping; ASHA as the CIFAR spaces ship it (one rung
-    at half the budget, eta 3, 1 trial in 8 exempt); ASHA, Hyperband and median stopping from the lowest budget;
-    budget halving where the study ran several budgets."""
+def default_designs(budgets: list[int], reference_grace: int, workers: int, configurations: int) -> list[str]:
+    """The designs `simulate` compares when none is given: no stopping; the reference ASHA (one rung at
+    `reference_grace`, eta 3, 1 trial in 8 exempt: the CIFAR spaces' before budget halving); ASHA, Hyperband and median
+    stopping from the lowest budget; budget halving where the study ran several budgets."""
     full = budgets[-1]
     low = budgets[0] if len(budgets) > 1 else max(1, full // 9)
-    designs = ["full", f"asha:grace={shipped_grace},eta=3,full={max(1, round(configurations / 8))}",
-               f"asha:grace={shipped_grace},eta=3", f"asha:grace={low},eta=3", f"hyperband:grace={low},eta=3,brackets=3",
+    designs = ["full", f"asha:grace={reference_grace},eta=3,full={max(1, round(configurations / 8))}",
+               f"asha:grace={reference_grace},eta=3", f"asha:grace={low},eta=3",
+               f"hyperband:grace={low},eta=3,brackets=3",
                f"median:grace={low}"]
     return designs + (["budget_halving:eta=3"] if len(budgets) > 1 else [])
 

@@ -63,7 +63,8 @@ def saved_view(spec: SweepSpec) -> str:
                     "groupByKeys": [{"mode": "tag", "groupByData": CONFIG_TAG if halving else OUTCOME_TAG}]},
     }
     now = int(time.time() * 1000)
-    return json.dumps({"name": "gkd-tune: runs by configuration" if halving else "gkd-tune: trials by outcome", "createdAt": now, "updatedAt": now,
+    return json.dumps({"name": "gkd-tune: runs by configuration" if halving else "gkd-tune: trials by outcome",
+                       "createdAt": now, "updatedAt": now,
                        "state": json.dumps(state)})
 
 
