@@ -373,6 +373,12 @@ def test_budget_halving_reruns_the_best_configurations_at_compressed_budgets_and
     assert {row["config"] for row in rows} == set(bs)
     assert simulate.main(["--sweep", str(tmp_path / "reports" / "fake"), "--orders", "3"]) == 0
     assert "3 configurations with a whole 4-epoch curve, runs at budgets 1, 2, 4" in capsys.readouterr().out
+    # ... and read from the sweep's storage itself (its test result from MLflow: the best run's only)
+    assert simulate.main(["--sweep", str(tmp_path / "runs" / "fake"), "--orders", "3", "--out",
+                          str(tmp_path / "replayed")]) == 0
+    out = capsys.readouterr().out
+    assert "3 configurations with a whole 4-epoch curve" in out and "Judged by the full-budget test_acc" not in out
+    assert (tmp_path / "replayed" / "regret-vs-cost.png").exists()
 
 
 @pytest.mark.slow
