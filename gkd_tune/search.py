@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "keys a restored sweep applies (search.test_top_k, resources.wait_s)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the space and print the resolved plan; train nothing")
-    parser.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
+    parser.add_argument("--num-samples", type=int, help="number of trials, or with budget_halving of "
+                        "configurations (overrides search.num_samples)")
     parser.add_argument("--seed", type=int, help="Optuna sampler seed (overrides search.seed)")
     return parser
 

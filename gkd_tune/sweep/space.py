@@ -73,7 +73,8 @@ TRIAL_PARAMS: dict[str, Setting] = {s.name: s for s in sorted(
 
 @dataclass(frozen=True)
 class SearchSettings:
-    num_samples: int = setting(8, "number of trials (with a grid: repeats of the whole grid)", low=1)
+    num_samples: int = setting(8, "number of trials (with a grid: repeats of the whole grid; with budget_halving: "
+                               "configurations)", low=1)
     max_concurrent_trials: int = setting(2, "trials running at once", low=1)
     seed: int = setting(0, "Optuna sampler seed", **SEED_RANGE)
     scheduler: str = setting("asha", "asha: one run per trial, ASHA stops it at its rungs; budget_halving: complete "
