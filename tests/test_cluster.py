@@ -1,6 +1,6 @@
 """The cluster files: gpu.yaml checked offline against the installed Ray's own cluster schema; local.yaml started for
-real (Ray's fake multi-node autoscaler, token auth on) to run a sweep over two worker nodes, on S3 and a tracking
-server on PostgreSQL (tests/realstack.py), and lose one node midway."""
+real (Ray's fake multi-node autoscaler, token auth on) to run sweeps over two worker nodes, on S3 and a tracking
+server on PostgreSQL (tests/realstack.py): one by budget halving, one that loses a node midway."""
 
 import json
 import os
@@ -153,7 +153,7 @@ class LocalCluster:
 @pytest.fixture(scope="module")
 def local_cluster(tmp_path_factory, seaweedfs):
     """cluster/local.yaml started as its comment says (on a free port), with token authentication on; shared by the
-    tests below (the doctor's, then the sweep's, which finds the worker the doctor had started).
+    tests below (the doctor's, then the sweeps', which find the worker the doctor had started).
 
     The nodes run with the workers' S3 credentials (cluster/README.md's worker policy: their trials' folders and
     teacher-progress/ only), the drivers with the head's, as on gpu.yaml's instance profiles: the fake nodes share a
@@ -221,9 +221,14 @@ storage_path: "{storage}"
 """
 
 
-def space_file(folder: Path, name: str, storage: str, tracking: str) -> Path:
+def space_file(folder: Path, name: str, storage: str, tracking: str, search: dict | None = None) -> Path:
     space = folder / f"{name}.yaml"
-    space.write_text(SWEEP.format(name=name, storage=storage, tracking=tracking, epochs=MAX_EPOCHS))
+    text = SWEEP.format(name=name, storage=storage, tracking=tracking, epochs=MAX_EPOCHS)
+    if search:
+        spec = yaml.safe_load(text)
+        spec["search"].update(search)
+        text = yaml.safe_dump(spec)
+    space.write_text(text)
     return space
 
 
@@ -305,6 +310,52 @@ def test_a_sweep_joined_to_the_cluster_with_storage_on_this_nodes_disk_is_refuse
     assert "teacher" not in refused.stdout.split("tracking ")[-1]  # nothing trained: the plan, then the refusal
     assert not (tmp_path / "shared" / "refused").exists() or not any((tmp_path / "shared" / "refused").iterdir())
     print(f"refused in {took:.1f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.realstack
+def test_budget_halving_on_the_local_cluster_over_s3_and_a_tracking_server(local_cluster, seaweedfs, mlflow_server,
+                                                                           tmp_path):
+    """budget_halving runs where ASHA does: its runs spread over the worker nodes, their results and checkpoints in
+    S3, MLflow on the tracking server groups each configuration's runs, and a full-budget run wins."""
+    from mlflow.tracking import MlflowClient
+
+    name = "cluster-halving"
+    # 4 configurations at 2 epochs (compressed), the best 2 again at the full 4
+    space = space_file(tmp_path, name, seaweedfs.uri(RUNS_PREFIX), mlflow_server.uri,
+                       {"scheduler": "budget_halving", "grace_period": 2, "reduction_factor": 2})
+    done = subprocess.run([sys.executable, "-m", "gkd_tune.search", "--space", str(space), "--address",
+                           local_cluster.address], cwd=tmp_path, env=dict(local_cluster.env, GKD_TUNE_LOGICAL_GPUS="1"),
+                          capture_output=True, text=True, timeout=600)
+    printed = done.stdout + done.stderr
+    assert done.returncode == 0, printed[-5000:]
+    assert "4 run(s) x    2 epochs" in done.stdout and "2 run(s) x    4 epochs" in done.stdout, done.stdout
+    assert "6 trials: 6 completed" in done.stdout, done.stdout[-3000:]
+
+    # every run's results in S3, each run to its own budget, on more than one worker node
+    results = s3_results(seaweedfs, name)
+    assert sorted([row["epoch"] for row in rows] for rows in results.values()) == [[1, 2]] * 4 + [[1, 2, 3, 4]] * 2
+    assert len({row["node_id"] for rows in results.values() for row in rows}) >= 2, results
+    keys = seaweedfs.keys(f"{RUNS_PREFIX}/{name}")
+    assert len([key for key in keys if re.fullmatch(rf"{RUNS_PREFIX}/{name}/trial-\w+/checkpoint_\d+/student.pt",
+                                                       key)]) == 6, keys
+
+    # MLflow on the tracking server: a configuration's runs share its tag, the promoted ones are the first budget's
+    # best two, and the winner is a full-budget run, the only one tested
+    client = MlflowClient(mlflow_server.uri)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r is not parent]
+    assert len(children) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    first = {r.data.tags["gkd_tune.config"]: r.data.metrics["val_acc"] for r in children
+             if r.data.params["max_epochs"] == "2"}
+    promoted = {r.data.tags["gkd_tune.config"] for r in children if r.data.params["max_epochs"] == "4"}
+    assert len(first) == 4 and len(promoted) == 2 and promoted <= set(first)
+    assert min(first[c] for c in promoted) >= sorted(first.values())[-2]  # (ties either way)
+    [winner] = [r for r in children if r.data.tags["gkd_tune.trial_id"] == parent.data.tags["best_trial"]]
+    assert winner.data.params["max_epochs"] == "4"
+    assert [r.info.run_id for r in children if "test_acc" in r.data.metrics] == [winner.info.run_id]
+    assert re.search(r"best student: s3://\S+", printed), printed[-3000:]
 
 
 @pytest.mark.slow
