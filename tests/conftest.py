@@ -49,5 +49,27 @@ def tiny_splits():
     return make_splits()
 
 
+def sweep_runs(tracking_uri: str, experiment: str):
+    """A sweep's (or a reproduction's) MLflow runs: the client, the parent run(s) and the trials' child runs."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parent, children
+
+
+def assert_budget_halving_promoted_the_best(children, first_budget: int, full_budget: int, configurations: int,
+                                            promoted: int):
+    """Budget halving ran `configurations` configurations at the first budget and the best `promoted` of them, by
+    val_acc, again at the full budget (runs told apart by their `gkd_tune.config` tag and `max_epochs` param)."""
+    first = {r.data.tags["gkd_tune.config"]: r.data.metrics["val_acc"] for r in children
+             if r.data.params["max_epochs"] == str(first_budget)}
+    again = {r.data.tags["gkd_tune.config"] for r in children if r.data.params["max_epochs"] == str(full_budget)}
+    assert len(first) == configurations and len(again) == promoted and again <= set(first), (first, again)
+    assert min(first[c] for c in again) >= sorted(first.values())[-promoted], (first, again)  # (ties either way)
+
+
 # the real servers of the `realstack` tests (S3, PostgreSQL, an MLflow server on both), one each per session
 from realstack import mlflow_server, postgres, seaweedfs  # noqa: E402,F401

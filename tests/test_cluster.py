@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
+from conftest import assert_budget_halving_promoted_the_best, sweep_runs
 from ray._common.utils import get_ray_address_file
 from ray.autoscaler._private.util import prepare_config, validate_config
 from realstack import ARTIFACTS_PREFIX, HEAD_KEYS, RUNS_PREFIX, WORKER_KEYS, free_port
@@ -318,8 +319,6 @@ def test_budget_halving_on_the_local_cluster_over_s3_and_a_tracking_server(local
                                                                            tmp_path):
     """budget_halving runs where ASHA does: its runs spread over the worker nodes, their results and checkpoints in
     S3, MLflow on the tracking server groups each configuration's runs, and a full-budget run wins."""
-    from mlflow.tracking import MlflowClient
-
     name = "cluster-halving"
     # 4 configurations at 2 epochs (compressed), the best 2 again at the full 4
     space = space_file(tmp_path, name, seaweedfs.uri(RUNS_PREFIX), mlflow_server.uri,
@@ -342,16 +341,9 @@ def test_budget_halving_on_the_local_cluster_over_s3_and_a_tracking_server(local
 
     # MLflow on the tracking server: a configuration's runs share its tag, the promoted ones are the first budget's
     # best two, and the winner is a full-budget run, the only one tested
-    client = MlflowClient(mlflow_server.uri)
-    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
-    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if r is not parent]
-    assert len(children) == 6 and all(r.info.status == "FINISHED" for r in runs)
-    first = {r.data.tags["gkd_tune.config"]: r.data.metrics["val_acc"] for r in children
-             if r.data.params["max_epochs"] == "2"}
-    promoted = {r.data.tags["gkd_tune.config"] for r in children if r.data.params["max_epochs"] == "4"}
-    assert len(first) == 4 and len(promoted) == 2 and promoted <= set(first)
-    assert min(first[c] for c in promoted) >= sorted(first.values())[-2]  # (ties either way)
+    _, [parent], children = sweep_runs(mlflow_server.uri, name)
+    assert len(children) == 6 and all(r.info.status == "FINISHED" for r in [parent, *children])
+    assert_budget_halving_promoted_the_best(children, 2, 4, configurations=4, promoted=2)
     [winner] = [r for r in children if r.data.tags["gkd_tune.trial_id"] == parent.data.tags["best_trial"]]
     assert winner.data.params["max_epochs"] == "4"
     assert [r.info.run_id for r in children if "test_acc" in r.data.metrics] == [winner.info.run_id]
@@ -362,8 +354,6 @@ def test_budget_halving_on_the_local_cluster_over_s3_and_a_tracking_server(local
 @pytest.mark.realstack
 def test_sweep_on_the_local_cluster_over_s3_and_a_tracking_server_survives_losing_a_node(
         local_cluster, seaweedfs, mlflow_server, tmp_path):
-    from mlflow.tracking import MlflowClient
-
     env = dict(local_cluster.env, GKD_TUNE_LOGICAL_GPUS="1")  # the fake nodes' GPUs are logical
     # token auth is really on: the cluster answered the right token (the fixture), it refuses a wrong one
     wrong = ray_status(local_cluster.address, dict(env, RAY_AUTH_TOKEN="not-the-token"))
@@ -424,11 +414,9 @@ def test_sweep_on_the_local_cluster_over_s3_and_a_tracking_server_survives_losin
     assert len(students) == 4, keys
 
     # all runs in the tracking server (PostgreSQL), each epoch once; students and the report in S3 through it
-    client = MlflowClient(mlflow_server.uri)
+    client, parent, children = sweep_runs(mlflow_server.uri, name)
     experiment = client.get_experiment_by_name(name)
-    runs = client.search_runs([experiment.experiment_id])
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(runs) == 5 and len(children) == 4
+    assert len(parent) == 1 and len(children) == 4
     for run in children:
         assert run.info.status == "FINISHED" and run.data.tags["gkd_tune.outcome"] == "completed"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == list(range(1, MAX_EPOCHS + 1))

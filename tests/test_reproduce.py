@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import sweep_runs
 
 from gkd_tune import reproduce
 
@@ -90,7 +91,6 @@ def test_a_teacher_task_that_cannot_read_its_data_is_one_line_and_exit_2(tmp_pat
 @pytest.mark.slow
 def test_a_smoke_reproduction_writes_a_table_that_the_parquet_rows_recompute(tmp_path, monkeypatch, capsys):
     import pyarrow.parquet as pq
-    from mlflow.tracking import MlflowClient
 
     monkeypatch.chdir(tmp_path)
     config = {**SMOKE, "teacher": {"epochs": 2}, "training": {"max_epochs": 3, "batch_size": 128}, "seeds": 2,
@@ -124,10 +124,7 @@ def test_a_smoke_reproduction_writes_a_table_that_the_parquet_rows_recompute(tmp
     assert "measured on cifar10, not on this data: for layout only" in table
     assert "No verdict: the published values were measured on cifar10, this run is on digits." in table
 
-    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
-    runs = client.search_runs([client.get_experiment_by_name("table2-smoke").experiment_id])
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    client, [parent], children = sweep_runs(f"sqlite:///{tmp_path}/m.db", "table2-smoke")
     assert len(children) == 6 and parent.info.status == "FINISHED"
     for run in children:  # the test split, exactly once per trial
         assert len(client.get_metric_history(run.info.run_id, "test_acc")) == 1

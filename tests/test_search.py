@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import assert_budget_halving_promoted_the_best, sweep_runs
 
 from gkd_tune import engine, search
 from gkd_tune.cli import EXIT_INTERRUPTED
@@ -59,14 +60,7 @@ def test_teacher_task_error_comes_back_as_one_line(tmp_path, capsys):
 
 
 def child_runs(db, experiment="quickstart"):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{db}")
-    experiment = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([experiment.experiment_id])
-    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return client, parent, children
+    return sweep_runs(f"sqlite:///{db}", experiment)
 
 
 @pytest.mark.slow
@@ -324,10 +318,7 @@ def test_the_quickstart_with_budget_halving_end_to_end(tmp_path):
     best = [r for r in children if r.data.tags["gkd_tune.trial_id"] == parent[0].data.tags["best_trial"]]
     assert best[0].data.params["max_epochs"] == "4" and "test_acc" in best[0].data.metrics
     # the two full-budget runs are the best two configurations of the first budget
-    first = {r.data.tags["gkd_tune.config"]: r.data.metrics["val_acc"] for r in children
-             if r.data.params["max_epochs"] == "2"}
-    promoted = {r.data.tags["gkd_tune.config"] for r in children if r.data.params["max_epochs"] == "4"}
-    assert len(promoted) == 2 and min(first[c] for c in promoted) >= sorted(first.values())[-2]  # (ties either way)
+    assert_budget_halving_promoted_the_best(children, 2, 4, configurations=6, promoted=2)
     assert (tmp_path / "runs" / "quickstart" / "best" / "student.pt").exists()
     assert "now models:/quickstart@champion" in done.stdout
 
