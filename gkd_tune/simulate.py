@@ -147,14 +147,13 @@ def plot(tables: dict, file: Path, title: str) -> None:
 
     figure, axes = plt.subplots(1, len(tables), figsize=(7 * len(tables), 5), squeeze=False)
     for axes, (judge, results) in zip(axes[0], tables.items()):
-        for i, r in enumerate(results):
+        for r in results:  # a legend, not labels at the points: designs of equal cost sit on top of each other
             axes.errorbar(100 * r.share, 100 * r.regret, yerr=[[0], [100 * max(r.regret_high - r.regret, 0)]],
-                          fmt="o", capsize=3)
-            axes.annotate(r.design.label, (100 * r.share, 100 * r.regret), textcoords="offset points",
-                          xytext=(5, 5 if i % 2 else -11), fontsize=7)  # alternate: neighbours overlap less
+                          fmt="o", capsize=3, label=r.design.label)
         axes.set_xlabel("epochs spent, % of every configuration to the full budget")
-        axes.set_ylabel(f"regret, full-budget {JUDGED[judge]} points (mean; bar to the 90th percentile)")
-        axes.set_title(f"{title}: judged by the full-budget {JUDGED[judge]}", fontsize=9)
+        axes.set_ylabel(f"regret, points of full-budget {JUDGED[judge]}\n(mean; bar to the 90th percentile)")
+        axes.set_title(f"{title}:\njudged by the full-budget {JUDGED[judge]}", fontsize=9)
+        axes.legend(fontsize=7)
         axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(file, dpi=110)
