@@ -421,6 +421,16 @@ def inconsistencies(pair: Pair) -> list[str]:
     return problems
 
 
+def published_losses(pair: Pair) -> str:
+    """'' where the published row claims Gompertz above both KD and the student alone; else what it shows instead
+    (the paper's CIFAR-100 ResNet50 -> ResNet34 row: Gompertz 0.6722, KD 0.6940). Such a row claims no gain, so no
+    run of ours can reproduce one."""
+    paper = pair.paper
+    return "; ".join(f"Gompertz ({paper['gompertz']:.4f}) at or below {name} ({paper[key]:.4f})"
+                     for key, name in (("kd", "KD"), ("student", "the student alone"))
+                     if paper["gompertz"] <= paper[key])
+
+
 def table_markdown(reproduction: Reproduction, rows: list[dict], teacher_test: dict) -> str:
     spec, reference = reproduction.any_spec, reproduction.reference
     reduced = reproduction.epochs < reproduction.planned_epochs
@@ -505,7 +515,9 @@ def lr_text(reproduction: Reproduction) -> str:
 VERDICT_RULE = (f"Rule: a pair's gain is reproduced when, over at least {MIN_SEEDS_FOR_VERDICT} seeds, the 95% "
                 f"t-intervals of Gompertz - KD and of Gompertz - student alone (paired by seed) both lie above 0, on "
                 f"the data the published values were measured on; a pair whose published row contradicts itself is "
-                f"left out, and pairs are never pooled.")
+                f"left out, a pair whose published row shows Gompertz at or below KD or the student alone has no "
+                f"published gain to reproduce (never 'reproduced', whatever this run measures), and pairs are never "
+                f"pooled.")
 
 
 def verdict(reproduction: Reproduction, rows: list[dict]) -> list[str]:
@@ -527,6 +539,9 @@ def verdict(reproduction: Reproduction, rows: list[dict]) -> list[str]:
             said = "no published values to compare with"
         elif inconsistencies(pair):
             said = "left out: the published row contradicts itself (!)"
+        elif published_losses(pair):
+            said = (f"no published gain to reproduce: the published row shows {published_losses(pair)}; here "
+                    f"Gompertz - KD is {over_kd.text() if over_kd else '-'}")
         elif n < MIN_SEEDS_FOR_VERDICT:
             comparable += 1
             said = f"no verdict: n = {n} seed(s), fewer than {MIN_SEEDS_FOR_VERDICT}"
@@ -541,7 +556,8 @@ def verdict(reproduction: Reproduction, rows: list[dict]) -> list[str]:
                 said = "not reproduced"
         lines.append(f"- {pair.label}: {said}.")
     lines += ["", f"Reproduced on {reproduced} of {comparable} comparable pair(s) at {reproduction.epochs} epochs."
-              if comparable else "No pair has consistent published values for Gompertz, KD and the student alone.",
+              if comparable else "No pair has a consistent published gain of Gompertz over KD and the student alone to "
+                                 "reproduce.",
               VERDICT_RULE]
     return lines
 

@@ -218,7 +218,21 @@ def test_an_inconsistent_published_row_is_flagged_and_left_out(tmp_path):
     assert "KD (0.6991) below its student alone (0.9121)" in table
     assert "the teacher (0.8466) below the student alone (0.9121)" in table
     assert "left out: the published row contradicts itself" in table and "reproduced:" not in table
-    assert "No pair has consistent published values" in table
+    assert "No pair has a consistent published gain" in table
+
+
+def test_a_published_row_where_gompertz_loses_is_never_reproduced(tmp_path):
+    # the paper's CIFAR-100 ResNet50 -> ResNet34 row shape: Gompertz below KD in the published table itself
+    losing = {"teacher": 0.95, "student": 0.90, "kd": 0.93, "gompertz": 0.92}
+    three = table2_like(tmp_path, 3, losing)
+    gains = {(0, "student"): [0.80, 0.81, 0.82], (0, "kd"): [0.85, 0.86, 0.85], (0, "gompertz"): [0.95, 0.96, 0.95]}
+    said = "\n".join(reproduce.verdict(three, rows_for(three, gains)))
+    assert "no published gain to reproduce: the published row shows Gompertz (0.9200) at or below KD (0.9300)" in said
+    assert "reproduced:" not in said and "Reproduced on" not in said
+    assert "No pair has a consistent published gain" in said and reproduce.VERDICT_RULE in said
+    assert "never 'reproduced'" in reproduce.VERDICT_RULE
+    # the measured difference is still shown, with its interval and n
+    assert re.search(r"here Gompertz - KD is \+0\.\d{4} \[\+0\.\d{4}, \+0\.\d{4}\] n=3", said), said
 
 
 def test_no_verdict_where_the_published_values_are_for_other_data(tmp_path):
