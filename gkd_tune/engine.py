@@ -37,6 +37,7 @@ class Trials:
     kind = "sweep"  # what messages call it
     record_name = ""  # the resume record's file in the storage (resume.py)
     safe_changes: frozenset[str] = frozenset()
+    teachers_metadata: list[dict] = []  # of the teachers prepared for a new run (engine.prepare_teachers), in order
 
     def __init__(self, spec: SweepSpec, configuration: dict, resume: bool, address: str | None,
                  accept_changes: bool = False, verbose: bool = False):
@@ -122,49 +123,60 @@ def run(trials: Trials) -> int:
 
 
 def run_on_ray(trials: Trials, storage: SweepStorage) -> int:
-    from ray import tune
-
-    from .sweep.progress import ConsoleProgress
     from .sweep.tracking import SweepTracker
 
     spec = trials.spec
     teachers = trials.teachers(storage)
     wanted = [(teacher_spec, folder) for teacher_spec, folder in teachers
               if not (trials.resume and folder.exists(TEACHER_FILE))]
-    metadata = prepare_teachers(wanted)
+    trials.teachers_metadata = prepare_teachers(wanted)
     publish_student_weights(spec, storage)
     tracker = SweepTracker(spec, storage.location)
     try:
-        trainable = tune.with_resources(trials.trainable(storage, teachers),
-                                        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-        if trials.resume:
-            tuner = tune.Tuner.restore(storage.tune_path, trainable, resume_unfinished=True, resume_errored=True,
-                                       storage_filesystem=storage.tune_filesystem)
-        else:
-            settings = trials.tune_settings(storage, tracker, metadata)
-            if not trials.verbose:  # pickled with the run: a --resume keeps its console
-                settings.callbacks.append(ConsoleProgress(trials.count, spec.search.metric))
-            tuner = tune.Tuner(
-                trainable, param_space=settings.param_space,
-                tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent_trials,
-                                            trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
-                                            **settings.tune_config),
-                run_config=tune.RunConfig(
-                    name=spec.name, storage_path=storage.tune_path.rsplit("/", 1)[0],
-                    storage_filesystem=storage.tune_filesystem, callbacks=settings.callbacks,
-                    verbose=1 if trials.verbose else 0,  # 1: status tables; 0: the ConsoleProgress lines
-                    failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-        results = tuner.fit()
-        if len(results) - results.num_terminated - results.num_errors or len(results) < trials.expected(results):
+        results = fit(trials, storage, tracker)
+        if results is None:
             tracker.finish("KILLED")
-            print(f"\nThe {trials.kind} was interrupted ({results.num_terminated} of {trials.count} trials ended). "
-                  f"Continue it with:\n  {trials.resume_command()}")
             return EXIT_INTERRUPTED
         return trials.finish(results, tracker, teachers)
     except BaseException as error:  # nothing left RUNNING: the sweep's run and any trial run still open end here
         tracker.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
+
+
+def fit(trials: Trials, storage: SweepStorage, tracker):
+    """Run `trials` in a Ray Tune experiment in `storage` (new, or restored with trials.resume) to its end: its
+    results, or None (said how to continue) where it was interrupted."""
+    from ray import tune
+
+    from .sweep.progress import ConsoleProgress
+
+    spec = trials.spec
+    trainable = tune.with_resources(trials.trainable(storage, trials.teachers(storage)),
+                                    {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    if trials.resume:
+        tuner = tune.Tuner.restore(storage.tune_path, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=storage.tune_filesystem)
+    else:
+        settings = trials.tune_settings(storage, tracker, trials.teachers_metadata)
+        if not trials.verbose:  # pickled with the run: a --resume keeps its console
+            settings.callbacks.append(ConsoleProgress(trials.count, spec.search.metric))
+        tuner = tune.Tuner(
+            trainable, param_space=settings.param_space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent_trials,
+                                        trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
+                                        **settings.tune_config),
+            run_config=tune.RunConfig(
+                name=storage.name, storage_path=storage.tune_path.rsplit("/", 1)[0],
+                storage_filesystem=storage.tune_filesystem, callbacks=settings.callbacks,
+                verbose=1 if trials.verbose else 0,  # 1: status tables; 0: the ConsoleProgress lines
+                failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    results = tuner.fit()
+    if len(results) - results.num_terminated - results.num_errors or len(results) < trials.expected(results):
+        print(f"\nThe {trials.kind} was interrupted ({results.num_terminated} of {trials.count} trials ended). "
+              f"Continue it with:\n  {trials.resume_command()}")
+        return None
+    return results
 
 
 def prepare_teachers(teachers: list[tuple[SweepSpec, SweepStorage]]) -> list[dict]:

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     def report() -> int:
         from .cluster.preflight import check_tracking, read_storage
         from .sweep.space import load_space
-        from .sweep.storage import SweepStorage
+        from .sweep.storage import CONFIRM_DIR, SweepStorage
 
         spec = load_space(args.space).with_overrides(storage_path=args.storage_path, tracking_uri=args.tracking_uri)
         out = check_output_folder(args.out or Path("reports") / spec.name, "--out" if args.out else "the report folder")
@@ -47,7 +47,13 @@ def main(argv: list[str] | None = None) -> int:
 
         tracker = SweepTracker(spec, storage.location, reopen=False)
         trials = load_trials(spec, tracker, storage.location)
-        summary = write_report(trials, spec, tracker, out)
+        confirmation = None
+        confirming = storage.child(CONFIRM_DIR)
+        if spec.confirm and read_storage(confirming, confirming.has_experiment):  # so far, tested or not
+            from .sweep.confirm import Confirmation
+
+            confirmation = Confirmation.of(spec, load_trials(spec, tracker, confirming.location))
+        summary = write_report(trials, spec, tracker, out, confirmation)
         print(summary + f"\nwritten: {out}/ trials.parquet, summary.md, curves.png, betas.png, params.png; logged "
                         f"to the sweep's MLflow run")
         return 0

@@ -26,6 +26,7 @@ from .cli import check_output_folder, run_command, shared_options
 from .core.files import REPRODUCTION_FILE
 from .core.distillers import METHODS, read_by_method
 from .core.models import MODEL_NAMES, file_part
+from .core.stats import Difference
 from .engine import Trials, TuneSettings, evaluate_once
 from .sweep.resume import effective, resume_command
 from .sweep.space import SpaceError, SweepSpec, TrialPlan, parse_space, read_yaml
@@ -365,41 +366,6 @@ def mean_std(values: list[float]) -> tuple[float, float] | None:
     if not values:
         return None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-@dataclass(frozen=True)
-class Difference:
-    """A paired difference over seeds: its mean and 95% t-interval (NaN bounds for a single seed)."""
-
-    mean: float
-    low: float
-    high: float
-    n: int
-
-    @classmethod
-    def of(cls, values: list[float]) -> "Difference | None":
-        if not values:
-            return None
-        mean = statistics.fmean(values)
-        if len(values) < 2:
-            return cls(mean, math.nan, math.nan, 1)
-        from scipy.stats import t
-
-        half = t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-        return cls(mean, mean - half, mean + half, len(values))
-
-    def text(self) -> str:
-        if self.n < 2:
-            return f"{self.mean:+.4f} (n=1, no interval)"
-        return f"{self.mean:+.4f} [{self.low:+.4f}, {self.high:+.4f}] n={self.n}"
-
-    @property
-    def above_zero(self) -> bool:
-        return self.n >= 2 and self.low > 0
-
-    @property
-    def below_zero(self) -> bool:
-        return self.n >= 2 and self.high < 0
 
 
 def paired_difference(rows: list[dict], pair_label: str, first: str, second: str) -> Difference | None:

@@ -84,6 +84,7 @@ def plan(spec: SweepSpec) -> tuple[str, list[str]]:
     text = "\n".join([
         f"sweep      {spec.name}  ({spec.file})",
         f"data       {spec.data.source}  (validation {spec.data.val_fraction:.0%}, stratified)",
+        textwrap.fill(f"resolution {resolution_line(spec)}", width=120, subsequent_indent=" " * 11),
         f"teacher    {teacher}",
         f"student    {spec.student}",
         f"training   {listing(training)}  (max_epochs: " + ("the full budget)" if s.scheduler == "budget_halving"
@@ -96,10 +97,38 @@ def plan(spec: SweepSpec) -> tuple[str, list[str]]:
         *([f"grid       {listing({k: list(d.values) for k, d in spec.grid().items()})}"] if spec.grid() else []),
         f"fixed      {listing(read_by_the_method(spec))}",
         f"test       the top {s.test_top_k} completed trial(s) by {s.metric}, once, after the sweep",
+        *([textwrap.fill(f"confirm    {confirm_line(spec)}", width=120, subsequent_indent=" " * 11)] if spec.confirm
+          else []),
         f"storage    {sweep_storage(spec).location}",
         f"tracking   {spec.tracking.uri}  (experiment {spec.experiment!r})",
     ])
     return text, warnings
+
+
+def resolution_line(spec: SweepSpec) -> str:
+    """What the validation split can tell apart: its size, the binomial standard error of an accuracy on it, and
+    the smallest difference between two runs that a 95% test resolves."""
+    from .core.data import validation_size
+    from .core.stats import binomial_se, resolvable_difference
+
+    n = validation_size(spec.data.source, spec.data.val_fraction)
+    if n is None:
+        return "the validation split's size is known once the data is loaded (the summary gives it)"
+    return (f"{n} validation images: an accuracy on them has a standard error of {100 * binomial_se(0.5, n):.1f} "
+            f"points at 50%, {100 * binomial_se(0.9, n):.1f} at 90%; two runs' accuracies must differ by "
+            f"{100 * resolvable_difference(0.5, n):.1f} / {100 * resolvable_difference(0.9, n):.1f} points to be "
+            f"told apart (95%); the summary compares the top runs image by image (McNemar)")
+
+
+def confirm_line(spec: SweepSpec) -> str:
+    from .sweep.confirm import confirmation_seeds
+
+    c, epochs = spec.confirm, spec.training.max_epochs
+    runs = (c.top_k + len(c.baselines)) * c.seeds
+    return (f"then the top {c.top_k} configuration(s) again at {epochs} epochs with {c.seeds} new seeds "
+            f"({', '.join(map(str, confirmation_seeds(spec)))}), beside {', '.join(c.baselines)} at the same seeds: "
+            f"{runs} runs, {runs * epochs} epochs; the answer by mean {spec.search.metric} over the seeds, each run "
+            f"tested once after that, its median-{spec.search.metric} run the champion")
 
 
 def read_by_the_method(spec: SweepSpec) -> dict:
@@ -181,6 +210,7 @@ class SweepTrials(Trials):
                          "search_alg": build_searcher(spec), "scheduler": self.scheduler})
 
     def finish(self, results, tracker, teachers: list) -> int:
+        from .cli import EXIT_INTERRUPTED
         from .sweep.report import outcome_counts, print_summary, summarise, winners
         from .sweep.strategy import FAILED
 
@@ -199,13 +229,82 @@ class SweepTrials(Trials):
         elif spec.search.full_budget_trials:
             report_rank_correlations(results, spec, tracker, self.scheduler)
         evaluate_top_trials(best[: spec.search.test_top_k], spec, tracker)
-        if best[0].checkpoint is not None:
+        confirmation = None
+        if spec.confirm:
+            confirmation = confirm_answer(self, teachers[0][1], tracker, best)
+            if confirmation is None:  # interrupted: said how to continue
+                tracker.finish("KILLED")
+                return EXIT_INTERRUPTED
+        # the shipped student: the confirmed answer's median-validation run, else the search's winner
+        chosen = confirmation.champion() if confirmation and confirmation.answer() else best[0]
+        if chosen.checkpoint is not None:
             from .sweep.registry import register_best
 
-            print(register_best(spec, tracker, best[0]), flush=True)
-        print_summary(trials, spec, tracker)
-        tracker.finish("FINISHED", best[0].trial_id, float(best[0].metrics[spec.search.metric]))
+            print(register_best(spec, tracker, chosen), flush=True)
+        print_summary(trials, spec, tracker, confirmation)
+        tracker.finish("FINISHED", chosen.trial_id, float(chosen.metrics[spec.search.metric]))
         return 0
+
+
+class ConfirmTrials(Trials):
+    """The confirmation stage's runs for the engine (sweep/confirm.py): one grid of (configuration or baseline,
+    seed) entries in the sweep folder's CONFIRM_DIR, the sweep's trainable and MLflow run."""
+
+    kind = "confirmation"
+
+    def __init__(self, sweep: SweepTrials, sweep_storage: SweepStorage, entries: list[dict], resume: bool):
+        super().__init__(sweep.spec, sweep.configuration, resume, sweep.address, verbose=sweep.verbose)
+        self.sweep, self.sweep_storage, self.entries = sweep, sweep_storage, entries
+
+    @property
+    def count(self) -> int:
+        return len(self.entries)
+
+    def resume_command(self) -> str:
+        return self.sweep.resume_command()
+
+    def teachers(self, storage: SweepStorage) -> list:
+        return []  # the sweep's, in place
+
+    def trainable(self, storage: SweepStorage, teachers: list):
+        from ray import tune
+
+        from .sweep.trainable import confirmation_of, train_trial
+
+        return tune.with_parameters(confirmation_of(train_trial), spec=self.spec, storage=self.sweep_storage)
+
+    def tune_settings(self, storage: SweepStorage, tracker, teachers_metadata: list[dict]) -> TuneSettings:
+        from ray import tune
+
+        from .sweep.storage import CONFIRM_KEY
+        from .sweep.tracking import MlflowTrialLogger
+
+        return TuneSettings(param_space={CONFIRM_KEY: tune.grid_search(self.entries)},
+                            callbacks=[MlflowTrialLogger(self.spec, self.sweep_storage.location)])
+
+
+def confirm_answer(sweep: SweepTrials, storage: SweepStorage, tracker, best: list):
+    """Run (or continue) the confirmation of the search's top configurations, choose its answer by mean validation,
+    test every confirmation run once after that, and log it to the sweep's run. None where it was interrupted."""
+    from .sweep.confirm import Confirmation, entries
+    from .sweep.report import summarise
+    from .sweep.storage import CONFIRM_DIR
+
+    spec = sweep.spec
+    folder = storage.child(CONFIRM_DIR)
+    runs = entries(spec, best)
+    tuned = len(runs) // spec.confirm.seeds - len(spec.confirm.baselines)
+    print(f"\nConfirming the top {tuned} configuration(s) beside {', '.join(spec.confirm.baselines)} at "
+          f"{spec.training.max_epochs} epochs, {spec.confirm.seeds} new seeds each: {len(runs)} runs ...", flush=True)
+    results = engine.fit(ConfirmTrials(sweep, storage, runs, resume=folder.has_experiment()), folder, tracker)
+    if results is None:
+        return None
+    confirmation = Confirmation.of(spec, summarise(results, spec))
+    if confirmation.answer() is not None:  # chosen on validation; only now is anything tested
+        evaluate_once([(run, spec) for run in confirmation.runs_to_test()], tracker)
+    metrics, tags = confirmation.logged()
+    tracker.log_sweep_metrics(metrics, tags)
+    return confirmation
 
 
 def evaluate_top_trials(top: list, spec: SweepSpec, tracker) -> None:

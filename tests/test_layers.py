@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gkd_tune"
 # Bottom to top (docs/method.md, "Code layout"): package -> its modules' layers, in the order data flows.
 LAYERS = {
     "core": [  # plain PyTorch: never Ray, MLflow or Optuna
-        {"files", "params", "errors"},  # file names and I/O, the parameter schema, errors as one line
+        {"files", "params", "errors", "stats"},  # file names and I/O, the parameter schema, errors as one line, noise
         {"data"},
         {"models"},
         {"schedules", "sinkhorn", "losses"},
@@ -25,6 +25,7 @@ LAYERS = {
         {"strategy", "resume"},
         {"tracking", "trainable", "progress"},
         {"report", "registry", "simulate"},
+        {"confirm"},
     ],
     "cluster": [  # where it runs: which Ray, the checks before a sweep, the doctor
         {"preflight", "runtime"},

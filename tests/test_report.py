@@ -72,3 +72,32 @@ def test_an_epoch_reported_again_after_a_restore_is_one_row():
     restored.metrics_dataframe = frame
     [trial] = summarise([restored], spec)
     assert [(row["epoch"], row["val_acc"]) for row in trial.history] == [(1, 0.5), (2, 0.61), (3, 0.7)]
+
+
+def test_the_winner_is_compared_with_the_runners_up_image_by_image():
+    import numpy as np
+
+    from gkd_tune.core.loop import VAL_CORRECT
+    from gkd_tune.core.stats import pack_correct
+    from gkd_tune.sweep.report import results_table, summary_markdown, winner_caveat
+
+    spec = parse_space({"name": "s", "training": {"max_epochs": 4}, "params": {"b": {"uniform": [1, 5]}}})
+    rng = np.random.default_rng(0)
+    base = rng.random(144) < 0.9
+    close = base.copy()
+    close[np.flatnonzero(base)[:2]] = False  # 2 images behind the winner
+    far = base & (rng.random(144) < 0.6)  # far behind
+    results = []
+    for trial_id, correct in (("a", base), ("b", close), ("c", far)):
+        one = result(trial_id, 4, float(correct.mean()), "val_acc")
+        one.metrics[VAL_CORRECT] = pack_correct(correct)
+        results.append(one)
+    trials = summarise(results, spec)
+    table = results_table(trials, spec)
+    assert "Resolution: 144 validation images; at the winner's val_acc" in table
+    line_b = next(line for line in table.splitlines() if line.strip().startswith("b "))
+    assert "+0.0139" in line_b and "they disagree on 2 (2 vs 0)" in line_b and line_b.endswith(": not distinguishable")
+    line_c = next(line for line in table.splitlines() if line.strip().startswith("c "))
+    assert line_c.endswith(": distinguishable")
+    assert winner_caveat(trials) == "not distinguishable on validation from b"
+    assert "- b " in summary_markdown(trials, spec, {}, "")

@@ -115,8 +115,18 @@ def test_quickstart_sweep_interrupted_then_killed_then_resumed(tmp_path):
     assert all(f"{t}: its checkpoint in the saved sweep state was deleted" in resumed.stdout for t in lost)
     assert "0 failed" in resumed.stdout, resumed.stdout[-3000:]
 
+    # the winner's resolution, then its confirmation at new seeds with the baselines, with intervals
+    assert "Resolution: 144 validation images" in resumed.stdout and "McNemar p = " in resumed.stdout
+    assert "Confirmation: 2 configuration(s) and 2 baseline(s) at 4 epochs, seeds 1, 2" in resumed.stdout
+    assert "The answer: t" in resumed.stdout and re.search(r"t\d+ - kd: test_acc [+-]0\.\d{4} \[", resumed.stdout)
+    assert "Tuning bought" in resumed.stdout, resumed.stdout[-3000:]
+
     client, parent, children = child_runs(db)
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    confirming = [r for r in children if "gkd_tune.confirm" in r.data.tags]
+    assert len(confirming) == 8 and all(r.info.status == "FINISHED" and "test_acc" in r.data.metrics
+                                        for r in confirming)
+    children = [r for r in children if "gkd_tune.confirm" not in r.data.tags]
     # A trial the killed driver had opened a run for, but not yet written into Tune's experiment state, is not
     # restored: its run is closed KILLED. Every other trial ran once, in one run.
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children), (
@@ -146,12 +156,15 @@ def test_quickstart_sweep_interrupted_then_killed_then_resumed(tmp_path):
         final_accuracy[run.data.tags["gkd_tune.trial_id"]] = run.data.metrics["val_acc"]
     outcomes = [r.data.tags["gkd_tune.outcome"] for r in children]
     assert outcomes.count("stopped_by_asha") >= 1 and outcomes.count("completed") >= 1
-    best = parent[0].data.tags["best_trial"]
     completed = {r.data.tags["gkd_tune.trial_id"] for r in children if r.data.tags["gkd_tune.outcome"] == "completed"}
-    assert final_accuracy[best] == max(final_accuracy[t] for t in completed)  # a stopped trial never wins
     tested = [r for r in children if "test_acc" in r.data.metrics]  # the test split, once, for the best only
-    assert [r.data.tags["gkd_tune.trial_id"] for r in tested] == [best]
-    assert len(client.get_metric_history(tested[0].info.run_id, "test_acc")) == 1
+    assert len(tested) == 1 and len(client.get_metric_history(tested[0].info.run_id, "test_acc")) == 1
+    winner = tested[0].data.tags["gkd_tune.trial_id"]
+    assert final_accuracy[winner] == max(final_accuracy[t] for t in completed)  # a stopped trial never wins
+    # the shipped student: the confirmed answer's median-val run
+    best = parent[0].data.tags["best_trial"]
+    assert next(r for r in confirming if r.data.tags["gkd_tune.trial_id"] == best).info.run_name == \
+        parent[0].data.tags["gkd_tune.champion_run"]
     import pyarrow.parquet as pq
 
     rows = pq.read_table(tmp_path / "reports" / "quickstart" / "trials.parquet", columns=["trial_id", "epoch"])
@@ -161,7 +174,7 @@ def test_quickstart_sweep_interrupted_then_killed_then_resumed(tmp_path):
     # the best student, registered as quickstart@champion from the best run, exports within parity
     assert "now models:/quickstart@champion" in resumed.stdout
     champion = client.get_model_version_by_alias("quickstart", "champion")
-    assert champion.run_id == next(r.info.run_id for r in children if r.data.tags["gkd_tune.trial_id"] == best)
+    assert champion.run_id == next(r.info.run_id for r in confirming if r.data.tags["gkd_tune.trial_id"] == best)
     exported = subprocess.run([sys.executable, "-m", "gkd_tune.export", "--model", "models:/quickstart@champion",
                                "--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "exported")],
                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -303,6 +316,7 @@ def test_the_quickstart_with_budget_halving_end_to_end(tmp_path):
 
     space = yaml.safe_load(QUICKSTART.read_text())
     space["search"] = {**space["search"], "scheduler": "budget_halving", "num_samples": 6, "full_budget_trials": 0}
+    del space["confirm"]  # (the quickstart's confirmation: test_quickstart_sweep_interrupted_then_killed_then_resumed)
     file = tmp_path / "quickstart.yaml"
     file.write_text(yaml.safe_dump(space))
     db = tmp_path / "mlflow.db"
@@ -358,7 +372,8 @@ def test_budget_halving_reruns_the_best_configurations_at_compressed_budgets_and
     assert "Budget fidelity" in out and parent[0].data.metrics["budget_spearman_b1"] == pytest.approx(1.0)
     view = json.loads(json.loads(client.get_experiment(parent[0].info.experiment_id).tags[
         "mlflow.sharedViewState.gkd-tune"])["state"])
-    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "gkd_tune.config"}]
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "gkd_tune.group"}]
+    assert all(r.data.tags["gkd_tune.group"] == r.data.tags["gkd_tune.config"] for r in children)
     # the report's rows name each run's configuration, and the simulator replays them
     rows = pq.read_table(tmp_path / "reports" / "fake" / "trials.parquet").to_pylist()
     assert {row["config"] for row in rows} == set(bs)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +20,7 @@ from .data import DeviceLoader, ImageArrays, Splits, check_fits
 from .distillers import Distiller, StepOutput
 from .files import load_checked, save_atomically
 from .params import SEED_RANGE, check, setting
+from .stats import pack_correct
 
 LR_SCHEDULES = ("cosine", "multistep")
 # off: eager. on: torch.compile (inductor). cudagraphs: inductor + CUDA graphs (torch's "reduce-overhead").
@@ -34,6 +36,9 @@ CUDA_EVAL_BATCH_SIZE = 1024
 # its own (strategy.py: stopped early, failed).
 OUTCOME = "outcome"
 COMPLETED, DIVERGED = "completed", "diverged"
+# Each epoch's result: which validation images the student got right (stats.pack_correct), so that two runs can be
+# compared image by image (McNemar's test) instead of by two accuracies that each carry the split's noise.
+VAL_CORRECT = "val_correct"
 
 
 @dataclass(frozen=True)
@@ -81,19 +86,24 @@ def autocast(device: torch.device):
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-@torch.no_grad()
 def evaluate(model: Distiller, loader: DeviceLoader) -> tuple[float, float]:
     """(mean CE, accuracy) of the model's logits over a whole split, on the loader's device."""
+    loss, correct = evaluate_per_image(model, loader)
+    return loss, float(correct.mean())
+
+
+@torch.no_grad()
+def evaluate_per_image(model: Distiller, loader: DeviceLoader) -> tuple[float, np.ndarray]:
+    """(mean CE, whether each image was classified right: bools in the split's order) over a whole split."""
     model.eval()
     loss = torch.zeros((), device=loader.device)
-    correct = torch.zeros((), device=loader.device)
+    correct = []
     for images, labels in loader:
         with autocast(loader.device):
             logits = model(images).float()
         loss += F.cross_entropy(logits, labels, reduction="sum")
-        correct += (logits.argmax(1) == labels).sum()
-    count = len(loader.labels)
-    return loss.item() / count, correct.item() / count
+        correct.append(logits.argmax(1) == labels)
+    return loss.item() / len(loader.labels), torch.cat(correct).cpu().numpy()
 
 
 def evaluation_loader(arrays: ImageArrays, stats: tuple, batch_size: int, device: torch.device) -> DeviceLoader:
@@ -213,7 +223,8 @@ class Trainer:
         if out.beta is not None:
             metrics["beta"] = beta_sum / steps
         metrics["train_acc"] = correct.item() / seen
-        metrics["val_loss"], metrics["val_acc"] = self.evaluate(self.val_loader)
+        metrics["val_loss"], correct = evaluate_per_image(self.distiller, self.val_loader)
+        metrics["val_acc"], metrics[VAL_CORRECT] = float(correct.mean()), pack_correct(correct)
         metrics["epoch_time_s"] = elapsed
         metrics["images_per_s"] = seen / elapsed
         return metrics

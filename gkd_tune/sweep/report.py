@@ -17,7 +17,8 @@ from pathlib import Path
 from ..core.distillers import distillation_method
 from ..core.errors import error_line
 from ..core.files import STUDENT_FILE
-from ..core.loop import OUTCOME
+from ..core.loop import OUTCOME, VAL_CORRECT
+from ..core.stats import PairedComparison, binomial_se, unpack_correct
 from .space import PLAN_KEY, SweepSpec, TrialPlan
 from .storage import SweepStorage, copy_student, name_from_folder
 from .strategy import BUDGET_KEY, COMPLETED, CONFIG_KEY, DIVERGED, FAILED, SETUP_ERROR, STOPPED, trial_outcome
@@ -133,9 +134,44 @@ def results_table(trials: list[TrialSummary], spec: SweepSpec) -> str:
         values = "  ".join(f"{short(trial.config.get(n), 4):>9}" for n in shown)
         lines.append(f"{rank:<5}{trial.name:<10}{trial.metrics[metric]:>9.4f}{test}{trial.metrics['epoch']:>8}  "
                      f"{values}")
+    if winners(trials):
+        lines += resolution_lines(trials, spec)
     lines += [f"{t.outcome}: {t.name}" + (f"  ({t.error})" if t.error else "")
               for t in trials if t.outcome in (DIVERGED, FAILED)]
     return "\n".join(lines)
+
+
+def comparisons(trials: list[TrialSummary]) -> list[tuple[TrialSummary, PairedComparison]]:
+    """The winner against each of the next top completed trials, on the same validation images (each run's
+    per-image correctness at its last epoch)."""
+    top = [t for t in winners(trials)[:TOP] if VAL_CORRECT in t.metrics]
+    if len(top) < 2 or top[0] is not winners(trials)[0]:
+        return []
+    first = unpack_correct(top[0].metrics[VAL_CORRECT])
+    return [(other, PairedComparison.of(first, unpack_correct(other.metrics[VAL_CORRECT]))) for other in top[1:]]
+
+
+def resolution_lines(trials: list[TrialSummary], spec: SweepSpec) -> list[str]:
+    """Whether the winner is distinguishable from the runners-up: the split's noise at the winner's accuracy, then
+    one paired comparison per runner-up. What the console and summary.md say next to the winner."""
+    top = winners(trials)
+    pairs = comparisons(trials)
+    if not pairs:
+        return [f"{top[0].name} is the only completed trial: nothing to compare it with" if len(top) == 1 else
+                "no per-image validation results to compare the top trials with"]
+    n, accuracy = pairs[0][1].n, float(top[0].metrics["val_acc"])
+    lines = [f"Resolution: {n} validation images; at the winner's val_acc {accuracy:.4f} the standard error is "
+             f"{100 * binomial_se(accuracy, n):.1f} points.",
+             f"The winner {top[0].name} against the next (val_acc difference on the same images, 95% interval, "
+             f"McNemar's exact test):"]
+    lines += [f"  {other.name:<8}{comparison.text()}" for other, comparison in pairs]
+    return lines
+
+
+def winner_caveat(trials: list[TrialSummary]) -> str:
+    """'' where the winner is distinguishable from every runner-up compared, else which it cannot be told from."""
+    tied = [other.name for other, comparison in comparisons(trials) if not comparison.distinguishable]
+    return f"not distinguishable on validation from {', '.join(tied)}" if tied else ""
 
 
 BEST_STUDENT = f"best/{STUDENT_FILE}"  # in a sweep's folder: a copy of its best trial's student
@@ -153,17 +189,23 @@ def keep_best_student(top: TrialSummary, spec: SweepSpec) -> str:
     return where
 
 
-def print_summary(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTracker) -> None:
-    """The results table, the best student's file, the report (whose summary.md becomes the description of the
-    sweep's MLflow run, so the answer is on its page) and how to open MLflow."""
-    table = results_table(trials, spec)
-    print(f"\n{table}")
+def print_summary(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTracker, confirmation=None) -> None:
+    """The results table (and the confirmation's, where the sweep has one), the shipped student's file, the report
+    (whose summary.md becomes the description of the sweep's MLflow run, so the answer is on its page) and how to
+    open MLflow."""
+    print(f"\n{results_table(trials, spec)}")
+    if confirmation is not None:
+        print("\n" + "\n".join(confirmation.lines()))
     out = Path("reports") / spec.name
-    write_report(trials, spec, tracker, out)
-    top = winners(trials)[0]
+    write_report(trials, spec, tracker, out, confirmation)
+    confirmed = confirmation is not None and confirmation.answer() is not None
+    top = confirmation.champion() if confirmed else winners(trials)[0]
     if top.checkpoint is not None:
-        print(f"\nbest student: {keep_best_student(top, spec)}  ({top.name}; gkd_tune.core.models.load_student; "
-              f"also its run's checkpoint/student.pt in MLflow)")
+        caveat = winner_caveat(trials)
+        why = (f"the confirmed answer's median-{spec.search.metric} run" if confirmed else
+               f"the highest {spec.search.metric}" + (f"; {caveat}" if caveat else ""))
+        print(f"\nbest student: {keep_best_student(top, spec)}  ({top.name}, {why}; "
+              f"gkd_tune.core.models.load_student; also its run's checkpoint/student.pt in MLflow)")
     print(f"report: {out}/ (summary.md with the hyperparameter importances, trials.parquet, curves.png, betas.png, "
           f"params.png; also on the sweep's MLflow run)")
     print(f"MLflow: {mlflow_ui_hint(spec.tracking.uri, tracker.experiment_id, tracker.trial_run_id(top.trial_id))}")
@@ -174,7 +216,7 @@ def print_summary(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTra
 
 # In a result, but not its numbers: Tune's bookkeeping, and what a trial says in words (a history's table holds them
 # as NaN in the rows that do not say it)
-NOT_NUMBERS = ("pid", "timestamp", PLAN_KEY, OUTCOME, SETUP_ERROR)
+NOT_NUMBERS = ("pid", "timestamp", PLAN_KEY, OUTCOME, SETUP_ERROR, VAL_CORRECT)
 
 
 def numeric(metrics: dict) -> dict:
@@ -192,9 +234,14 @@ def write_parquet(rows: list[dict], path: Path) -> None:
     pq.write_table(pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in rows]), path)
 
 
-def trial_rows(trials: list[TrialSummary]) -> list[dict]:
-    """One row per trial and epoch (`epoch_rows`) of every trial of a sweep."""
-    return [row for trial in trials for row in epoch_rows(trial)]
+def trial_rows(trials: list[TrialSummary], confirmation=None) -> list[dict]:
+    """One row per trial and epoch (`epoch_rows`) of every trial of a sweep, stage 'search'; then the
+    confirmation's runs, stage 'confirm', with what they confirm and their seed."""
+    rows = [row for trial in trials for row in epoch_rows(trial, stage="search")]
+    if confirmation is not None:
+        rows += [row for c in confirmation.configurations for seed, run in c.runs.items()
+                 for row in epoch_rows(run, stage="confirm", confirms=c.label, seed=seed)]
+    return rows
 
 
 def epoch_rows(trial: TrialSummary, **columns) -> list[dict]:
@@ -249,7 +296,8 @@ def value_at(trial: TrialSummary, metric: str, epoch: int) -> float:
     return next((r[metric] for r in trial.history if r.get("epoch") == epoch and metric in r), math.nan)
 
 
-def summary_markdown(trials: list[TrialSummary], spec: SweepSpec, importances: dict, how: str) -> str:
+def summary_markdown(trials: list[TrialSummary], spec: SweepSpec, importances: dict, how: str,
+                     confirmation=None) -> str:
     metric, shown = spec.search.metric, list(spec.searched()) + list(spec.grid())
     lines = [f"# Sweep {spec.name}", "", f"{len(trials)} trials: {outcome_counts(trials)}.", "",
              f"## Top {TOP} completed trials ({metric} at epoch {spec.training.max_epochs}; test split once, after "
@@ -261,6 +309,11 @@ def summary_markdown(trials: list[TrialSummary], spec: SweepSpec, importances: d
         lines.append(f"| {rank} | {trial.name} | {trial.metrics[metric]:.4f} | {test} | {trial.outcome} | "
                      f"{trial.metrics.get('epoch', '-')} | " + " | ".join(short(trial.config.get(n), 4) for n in shown)
                      + " |")
+    if winners(trials):
+        lines += ["", *[line.replace("  ", "- ", 1) if line.startswith("  ") else line
+                        for line in resolution_lines(trials, spec)]]
+    if confirmation is not None:
+        lines += ["", "## Confirmation", "", "```", *confirmation.lines(), "```"]
     lines += ["", "## Hyperparameter importance", ""]
     if importances:
         lines += [f"{how}, on the final {metric}:", "", "| parameter | importance |", "|---|---|"]
@@ -337,12 +390,13 @@ def report_figures(trials: list[TrialSummary], spec: SweepSpec) -> dict:
     return figures
 
 
-def write_report(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTracker, out: Path) -> str:
+def write_report(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTracker, out: Path,
+                 confirmation=None) -> str:
     """Write the report's files to `out`, log them to the sweep's run (its description becomes summary.md)."""
     out.mkdir(parents=True, exist_ok=True)
-    write_parquet(trial_rows(trials), out / "trials.parquet")
+    write_parquet(trial_rows(trials, confirmation), out / "trials.parquet")
     importances, how = param_importances(trials, spec)
-    summary = summary_markdown(trials, spec, importances, how)
+    summary = summary_markdown(trials, spec, importances, how, confirmation)
     (out / "summary.md").write_text(summary)
     for name, figure in report_figures(trials, spec).items():
         figure.savefig(out / name, dpi=110)

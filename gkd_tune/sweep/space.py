@@ -103,6 +103,20 @@ class SearchSettings:
 
 
 @dataclass(frozen=True)
+class ConfirmSettings:
+    """After the search: the top configurations run again at the full budget with new seeds, beside the baselines
+    at the same seeds (sweep/confirm.py)."""
+    top_k: int = setting(3, "the best K configurations of the search (completed, at the full budget, by the "
+                            "validation metric) to run again", low=1, high=100)
+    seeds: int = setting(3, "new seeds per configuration and baseline (the student's weights, the batch order and "
+                            "the augmentation): training.seed + 1, + 2, ...", low=2, high=100)
+    baselines: tuple[str, ...] = ("student", "kd")  # methods run at the same seeds, with the space's fixed values
+
+    def __post_init__(self):
+        check(self)
+
+
+@dataclass(frozen=True)
 class Resources:
     cpu: float = setting(1.0, "CPUs per trial", low=0, above_low=True, high=1024)
     gpu: float = setting(0.0, "GPUs per trial (a fraction shares one)", low=0, high=64)
@@ -134,6 +148,7 @@ class SweepSpec:
     training: TrainConfig = field(default_factory=TrainConfig)
     params: dict[str, Any] = field(default_factory=dict)  # name -> fixed value or Distribution
     search: SearchSettings = field(default_factory=SearchSettings)
+    confirm: ConfirmSettings | None = None  # None: the search's winner is the answer
     resources: Resources = field(default_factory=Resources)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
     storage_path: str = "~/gkd-tune-results"
@@ -256,6 +271,7 @@ def sweep_params(spec: SweepSpec) -> dict[str, Any]:
     """The settings every trial shares, and the search's: the sweep's parent run's MLflow params."""
     return {"student": spec.student, **_prefixed("data", spec.data), **_prefixed("teacher", spec.teacher),
             **_prefixed("training", spec.training), **_prefixed("search", spec.search),
+            **(_prefixed("confirm", spec.confirm) if spec.confirm else {}),
             **_prefixed("resources", spec.resources)}
 
 
@@ -331,8 +347,8 @@ class _Reader:
         return Distribution(dist, (low, high))
 
 
-TOP_LEVEL = ["name", "data", "teacher", "student", "student_weights", "training", "params", "search", "resources",
-             "tracking", "storage_path"]
+TOP_LEVEL = ["name", "data", "teacher", "student", "student_weights", "training", "params", "search", "confirm",
+             "resources", "tracking", "storage_path"]
 
 
 def parse_space(raw: Any, file: Path | str = "<space>") -> SweepSpec:
@@ -377,9 +393,37 @@ def parse_space(raw: Any, file: Path | str = "<space>") -> SweepSpec:
     params = {k: reader.param(k, v, f"params.{k}") for k, v in params_raw.items()}
     _check_beta_bounds(reader, params)
     _check_search(reader, params, search)
+    confirm = _confirm(reader, raw["confirm"], params, search, training) if "confirm" in raw else None
     storage = reader.value(text, raw.get("storage_path", SweepSpec.storage_path), "storage_path")
-    return SweepSpec(name, str(file), data, teacher, student, student_weights, training, params, search, resources,
-                     tracking, storage)
+    return SweepSpec(name, str(file), data, teacher, student, student_weights, training, params, search, confirm,
+                     resources, tracking, storage)
+
+
+def _confirm(reader: _Reader, raw, params: dict, search: SearchSettings, training: TrainConfig) -> ConfirmSettings:
+    raw = dict(reader.mapping(raw, "confirm", ["top_k", "seeds", "baselines"]))
+    methods = TRIAL_PARAMS["method"].param.choices
+    baselines = raw.pop("baselines", list(ConfirmSettings.baselines))
+    if not isinstance(baselines, list) or len(set(map(str, baselines))) != len(baselines):
+        reader.fail("confirm.baselines", f"must be a list of distinct methods from: {', '.join(methods)}")
+    for i, method in enumerate(baselines):
+        if method not in methods:
+            reader.fail(f"confirm.baselines[{i}]", f"must be one of {', '.join(methods)}, got {method!r}")
+    confirm = replace(reader.section(ConfirmSettings, raw, "confirm"), baselines=tuple(baselines))
+    searched = [k for k, v in params.items() if isinstance(v, Distribution) and v.kind != "grid"]
+    if not searched:
+        reader.fail("confirm", "confirms the configurations a search found: this space searches nothing (a baseline "
+                               "sweep: give its seeds as a grid)")
+    if "seed" in searched:
+        reader.fail("confirm", "runs every configuration at new seeds: the search must not search seed")
+    if confirm.top_k > search.num_samples:
+        reader.fail("confirm.top_k", f"must be <= search.num_samples ({search.num_samples}), got {confirm.top_k}")
+    if search.scheduler == "budget_halving":
+        at_full = halving_plan(SweepSpec("", "", training=training, params=params, search=search))[-1][1]
+        if confirm.top_k > at_full:
+            reader.fail("confirm.top_k", f"budget halving runs {at_full} configuration(s) at the full budget "
+                                         f"(search.num_samples {search.num_samples}, reduction_factor "
+                                         f"{search.reduction_factor}): confirm at most those, got {confirm.top_k}")
+    return confirm
 
 
 def _check_beta_bounds(reader: _Reader, params: dict) -> None:

@@ -30,11 +30,19 @@ WORKER_SCRATCH_DIR = "teacher-progress"
 # Ray Tune's folder of one trial, in a sweep's folder (tune.TuneConfig's trial_dirname_creator): short, and the
 # prefix the worker policy grants.
 TRIAL_DIR_PREFIX = "trial-"
+# A confirmation run's config (sweep/confirm.py) holds its entry under this key: {"label": "t03", "seed": 1, ...}.
+# Its Tune experiment is the sweep folder's CONFIRM_DIR, whose trial folders the worker policy grants like the
+# search's (trial-*).
+CONFIRM_KEY = CONFIRM_DIR = "confirm"
 
 
 def trial_name(trial) -> str:
-    """'t07': the trial's number in its sweep (Tune's counter, which a restore continues). Its one name everywhere:
-    Ray's table, its folder (trial-t07), the console, the report and its MLflow run."""
+    """'t07': the trial's number in its sweep (Tune's counter, which a restore continues); a confirmation run's
+    'kd.s2', 't03.s1' (its configuration and seed). Its one name everywhere: Ray's table, its folder (trial-t07),
+    the console, the report and its MLflow run."""
+    entry = (trial.config or {}).get(CONFIRM_KEY)
+    if entry:
+        return f"{entry['label']}.s{entry['seed']}"
     return f"t{str(trial.experiment_tag).split('_', 1)[0].zfill(2)}"
 
 
@@ -47,7 +55,7 @@ def name_from_folder(path: str, fallback: str) -> str:
     from before trials had names)."""
     base = path.rstrip("/").rsplit("/", 1)[-1]
     name = base.removeprefix(TRIAL_DIR_PREFIX)
-    return name if base.startswith(TRIAL_DIR_PREFIX) and re.fullmatch(r"t\d+", name) else fallback
+    return name if base.startswith(TRIAL_DIR_PREFIX) and re.fullmatch(r"t\d+|[\w-]+\.s\d+", name) else fallback
 
 
 def copy_student(checkpoint, folder: Path) -> Path:

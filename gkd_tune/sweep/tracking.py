@@ -22,7 +22,7 @@ from ray import tune
 from ..core.distillers import distillation_method
 from ..core.files import STUDENT_FILE
 from .space import PLAN_KEY, SweepSpec, TrialPlan, sweep_params
-from .storage import trial_name
+from .storage import CONFIRM_KEY, trial_name
 from .strategy import CONFIG_KEY, DIVERGED, FAILED, SETUP_ERROR, trial_outcome
 
 SWEEP_TAG = "gkd_tune.sweep_dir"
@@ -30,6 +30,11 @@ SWEEP_KEY_TAG = "gkd_tune.sweep_key"
 TRIAL_TAG = "gkd_tune.trial_id"
 OUTCOME_TAG = "gkd_tune.outcome"  # strategy.trial_outcome
 CONFIG_TAG = "gkd_tune.config"  # budget halving: a configuration's name, the same on its run at every budget
+CONFIRM_TAG = "gkd_tune.confirm"  # a confirmation run's: what it confirms ('t03', or a baseline's method)
+SEED_TAG = "gkd_tune.seed"  # a confirmation run's seed
+# The saved view's groups: a search run's outcome (with budget halving: its configuration, its runs at every budget
+# together), a confirmation run's 'confirm t03' (its seeds together)
+GROUP_TAG = "gkd_tune.group"
 TESTED_TAG = "gkd_tune.tested"
 ERROR_TAG = "gkd_tune.error"  # a failed trial's error, one line
 # set once a trial run holds its plan (params and beta curve): a driver killed in between leaves a run without it,
@@ -60,10 +65,11 @@ def saved_view(spec: SweepSpec) -> str:
         # an average over trials stopped at other epochs
         # with budget halving, one group per configuration: its runs at every budget together
         "groupBy": {"aggregateFunction": spec.mode,
-                    "groupByKeys": [{"mode": "tag", "groupByData": CONFIG_TAG if halving else OUTCOME_TAG}]},
+                    "groupByKeys": [{"mode": "tag", "groupByData": GROUP_TAG}]},
     }
     now = int(time.time() * 1000)
-    return json.dumps({"name": "gkd-tune: runs by configuration" if halving else "gkd-tune: trials by outcome",
+    name = "runs by configuration" if halving else "trials by outcome"
+    return json.dumps({"name": f"gkd-tune: {name}" + (", confirmation runs by configuration" if spec.confirm else ""),
                        "createdAt": now, "updatedAt": now,
                        "state": json.dumps(state)})
 
@@ -183,8 +189,7 @@ class MlflowTrialLogger(tune.Callback):
         else:
             run_id = self.client.create_run(
                 self.tracker.experiment_id, run_name=self.run_name(trial),
-                tags={"mlflow.parentRunId": self.tracker.parent_id, TRIAL_TAG: trial.trial_id,
-                      **({CONFIG_TAG: str(trial.config[CONFIG_KEY])} if CONFIG_KEY in trial.config else {})}
+                tags={"mlflow.parentRunId": self.tracker.parent_id, TRIAL_TAG: trial.trial_id, **run_tags(trial.config)}
             ).info.run_id
             last = 0
         self.runs[trial.trial_id] = (run_id, last)
@@ -235,6 +240,8 @@ class MlflowTrialLogger(tune.Callback):
                 self.client.log_artifact(run_id, str(Path(directory) / STUDENT_FILE), "checkpoint")
         outcome = trial_outcome(trial.last_result, errored=False)
         tags = [RunTag(OUTCOME_TAG, outcome), RunTag("epochs_run", str(last))]
+        if GROUP_TAG not in run_tags(trial.config):
+            tags.append(RunTag(GROUP_TAG, outcome))
         if trial.last_result.get(SETUP_ERROR):
             tags.append(RunTag(ERROR_TAG, trial.last_result[SETUP_ERROR]))
         self.client.log_batch(run_id, tags=tags)
@@ -243,8 +250,21 @@ class MlflowTrialLogger(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id, _ = self.run_for(trial)
         self.client.set_tag(run_id, OUTCOME_TAG, FAILED)
+        if GROUP_TAG not in run_tags(trial.config):
+            self.client.set_tag(run_id, GROUP_TAG, FAILED)
         self.client.set_tag(run_id, ERROR_TAG, trial_error(trial))
         self.client.set_terminated(run_id, "FAILED")
+
+
+def run_tags(config: dict) -> dict[str, str]:
+    """A run's tags known from its config: budget halving's configuration; a confirmation run's configuration and
+    seed. GROUP_TAG where its group is known before it ends."""
+    if CONFIRM_KEY in config:
+        entry = config[CONFIRM_KEY]
+        return {CONFIRM_TAG: entry["label"], SEED_TAG: str(entry["seed"]), GROUP_TAG: f"confirm {entry['label']}"}
+    if CONFIG_KEY in config:
+        return {CONFIG_TAG: str(config[CONFIG_KEY]), GROUP_TAG: str(config[CONFIG_KEY])}
+    return {}
 
 
 def trial_error(trial) -> str:

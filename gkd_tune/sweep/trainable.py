@@ -27,7 +27,7 @@ from ..core.models import build_model, initial_student, load_model, save_model
 from ..core.teacher import TeacherProgress, obtain_teacher
 from .resume import KNOWN_EPOCH_FILE
 from .space import PLAN_KEY, SweepSpec, TrialPlan
-from .storage import WORKER_SCRATCH_DIR, SweepStorage
+from .storage import CONFIRM_KEY, WORKER_SCRATCH_DIR, SweepStorage
 from .strategy import FAILED, SETUP_ERROR
 
 # Set (to 1) where Ray's GPUs are logical, not CUDA devices (cluster/local.yaml's fake nodes): a task given a GPU
@@ -122,6 +122,16 @@ def train_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
     for metrics in unseen:
         report(metrics)
     trainer.run(report)
+
+
+def confirmation_of(train):
+    """The trainable of confirmation runs (sweep/confirm.py): `train` (the sweep's trainable), given the run's entry's
+    values (a configuration's, or a baseline method's, at its seed)."""
+
+    def train_confirmation(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
+        train(config[CONFIRM_KEY]["values"], spec, storage)
+
+    return train_confirmation
 
 
 def set_up_trial(plan: TrialPlan, storage: SweepStorage) -> Trainer:

@@ -13,8 +13,8 @@ from .cache import cache_path_for, load_source
 from .loader import DeviceLoader, check_fits, random_crop_flip
 from .sources import (SOURCE_KINDS, DataSourceError, DecodedSource, ImageArrays, TransientDataError, absolute_source,
                       parse_source)
-from .splits import DataSpec, Splits, check_source, load_splits, stratified_split
+from .splits import DataSpec, Splits, check_source, load_splits, stratified_split, validation_size
 
 __all__ = ["SOURCE_KINDS", "DataSourceError", "DataSpec", "DecodedSource", "DeviceLoader", "ImageArrays", "Splits",
            "TransientDataError", "absolute_source", "cache_path_for", "check_fits", "check_source", "load_source",
-           "load_splits", "parse_source", "random_crop_flip", "stratified_split"]
+           "load_splits", "parse_source", "random_crop_flip", "stratified_split", "validation_size"]

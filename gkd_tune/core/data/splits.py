@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,20 @@ def check_source(source: str, val_fraction: float) -> list[str]:
             raise DataSourceError(source, f"cannot build a stratified {val_fraction:.0%} validation split: "
                                           f"{error}") from None
     return warnings
+
+
+def validation_size(source: str, val_fraction: float) -> int | None:
+    """How many images the stratified validation split of `source` holds, from its labels alone (no image decoded);
+    None where the source cannot say before it is loaded (or cannot be read: check_source says why)."""
+    kind, location = parse_source(source)
+    try:
+        labels, _ = SOURCES[kind].check(source, location)
+        if labels is not None:
+            return len(stratified_split(labels, val_fraction, 0)[1])
+    except (DataSourceError, ValueError):
+        return None
+    known = SOURCES[kind].train_images  # sklearn's stratified split holds out ceil(fraction x n)
+    return math.ceil(val_fraction * known) if known else None
 
 
 def load_splits(source: str, val_fraction: float = 0.1, seed: int = 0, root: Path | None = None,

@@ -73,6 +73,7 @@ class SourceKind:
 
     usage = ""  # how a source of this kind is written, e.g. 'parquet:PATH'
     takes_path = False  # written as 'kind:PATH'
+    train_images: int | None = None  # the training split's size, where it is fixed and `check` has no labels
 
     def fingerprint(self, source: str, location: str, root: Path) -> list[str]:
         """What changes whenever the content may have (`root`: the cache root)."""

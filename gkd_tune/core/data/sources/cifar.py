@@ -11,6 +11,8 @@ from .base import (IMAGE_SIZE, DataSourceError, DecodedSource, ImageArrays, Sour
 
 
 class TorchvisionCifar(SourceKind):
+    train_images = 50_000
+
     def __init__(self, kind: str):
         self.usage = kind
 

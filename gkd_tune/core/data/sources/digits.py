@@ -23,6 +23,20 @@ class Digits(SourceKind):
 
         return [sklearn.__version__]
 
+    def check(self, source: str, location: str) -> tuple[np.ndarray | None, list[str]]:
+        from sklearn.datasets import load_digits
+
+        labels = load_digits().target.astype(np.int64)
+        return labels[self.split(labels)[0]], []
+
+    @staticmethod
+    def split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.model_selection import train_test_split
+
+        train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=DIGITS_TEST_FRACTION,
+                                               stratify=labels, random_state=0)
+        return np.sort(train_idx), np.sort(test_idx)
+
     def decode(self, source: str, location: str, root: Path, size: int = IMAGE_SIZE) -> DecodedSource:
         from sklearn.datasets import load_digits
 
@@ -31,10 +45,6 @@ class Digits(SourceKind):
         large = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
         images = (large.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).numpy()
         everything = ImageArrays(images, digits.target.astype(np.int64))
-        from sklearn.model_selection import train_test_split
-
-        train_idx, test_idx = train_test_split(np.arange(len(everything)), test_size=DIGITS_TEST_FRACTION,
-                                               stratify=everything.labels, random_state=0)
-        train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+        train_idx, test_idx = self.split(everything.labels)
         names = tuple(str(int(n)) for n in digits.target_names)
         return DecodedSource(everything.subset(train_idx), everything.subset(test_idx), names)
