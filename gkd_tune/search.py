@@ -71,6 +71,12 @@ def plan(spec: SweepSpec) -> tuple[str, list[str]]:
                   f"(multivariate, seed {s.seed}, {s.tpe_startup_trials} random first), told the first budget's "
                   f"results; budget halving on {s.metric} ({spec.mode}), reduction {s.reduction_factor}; "
                   f"{s.max_failures} retries per run")
+    elif spec.searched() and s.repeat > 1:
+        trials = (f"{s.num_samples} configurations x {s.repeat} seeds ({s.num_samples * s.repeat} trials), at most "
+                  f"{s.max_concurrent_trials} at once; Optuna TPE (multivariate, seed {s.seed}, {s.tpe_startup_trials} "
+                  f"random first) told each configuration's mean {s.metric} over its seeds, once all completed (Ray "
+                  f"Tune's Repeater); ASHA stops nothing (grace_period = max_epochs); {s.max_failures} retries per "
+                  f"trial")
     elif spec.searched():
         trials = (f"{s.num_samples}, at most {s.max_concurrent_trials} at once; Optuna TPE (multivariate, seed {s.seed}, "
                   f"{s.tpe_startup_trials} random trials first); ASHA on {s.metric} ({spec.mode}), grace "
@@ -206,7 +212,7 @@ class SweepTrials(Trials):
             tune_config={"metric": spec.search.metric, "mode": spec.mode,
                          # budget halving: every run at every budget; else Tune repeats a grid num_samples times
                          "num_samples": self.count if spec.search.scheduler == "budget_halving" else
-                         spec.search.num_samples,
+                         spec.search.num_samples * spec.search.repeat,
                          "search_alg": build_searcher(spec), "scheduler": self.scheduler})
 
     def finish(self, results, tracker, teachers: list) -> int:

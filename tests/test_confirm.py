@@ -76,7 +76,7 @@ def test_a_configuration_that_failed_a_seed_never_wins_and_an_unresolved_gain_is
 def test_confirm_is_refused_where_it_cannot_work():
     from gkd_tune.sweep.space import SpaceError
 
-    with pytest.raises(SpaceError, match="confirm: confirms the configurations a search found"):
+    with pytest.raises(SpaceError, match="confirm: confirms the configurations a search proposes"):
         parse_space({**SPACE, "params": {"b": 2.0}})
     with pytest.raises(SpaceError, match=r"confirm.baselines\[1\]: must be one of student, kd, dkd, gompertz"):
         parse_space({**SPACE, "confirm": {"baselines": ["kd", "fitnet"]}})

@@ -101,3 +101,22 @@ def test_the_winner_is_compared_with_the_runners_up_image_by_image():
     assert line_c.endswith(": distinguishable")
     assert winner_caveat(trials) == "not distinguishable on validation from b"
     assert "- b " in summary_markdown(trials, spec, {}, "")
+
+
+def test_with_repeat_configurations_rank_by_their_mean_and_one_with_a_failed_seed_never_wins():
+    spec = parse_space({"name": "s", "training": {"max_epochs": 4},
+                        "params": {"b": {"uniform": [1, 5]}}, "search": {"repeat": 3, "grace_period": 4}})
+    results = []
+    # configuration 1: one lucky seed (0.95) but the lower mean; 2: steady; 3: the best mean, a seed diverged
+    for b, values in ((1.0, [0.95, 0.70, 0.71]), (2.0, [0.85, 0.84, 0.86]), (3.0, [0.99, float("nan"), 0.99])):
+        for index, value in enumerate(values):
+            one = result(f"b{b:g}s{index}", 4, value, "val_acc")
+            one.config = {"b": b, "__trial_index__": index}
+            results.append(one)
+    trials = summarise(results, spec)
+    best = winners(trials)
+    assert [t.trial_id for t in best] == ["b2s0", "b1s2"]  # by mean; each by its median run (0.85, 0.71)
+    assert best[0].configuration_mean == pytest.approx(0.85) and best[1].configuration_mean == pytest.approx(0.7867, abs=1e-4)
+    from gkd_tune.sweep.report import results_table
+
+    assert "mean over 3 seeds, each shown by its median run" in results_table(trials, spec)

@@ -548,3 +548,27 @@ def test_bad_command_lines_are_one_line_errors_and_write_nothing(tmp_path, monke
     assert re.match(f"error: .*({message})", err) and err.count("\n") == 1, err
     assert time.time() - started < 5  # well under a Ray start
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_repeat_runs_each_configuration_at_its_seeds_and_optuna_learns_their_mean(tmp_path, monkeypatch, capsys):
+    import optuna
+
+    space = {"training": {"max_epochs": 2}, "params": {"b": {"uniform": [1.0, 5.0]}},
+             "search": {"num_samples": 3, "repeat": 2, "grace_period": 2, "max_concurrent_trials": 2}}
+    # val_acc = b / 10 + seed / 100: the mean over seeds 0 and 1 is b / 10 + 0.005
+    rc, made = run_fake_sweep(tmp_path, monkeypatch, space, fake_trainable(
+        lambda config, epoch: config["b"] / 10 + config["__trial_index__"] / 100))
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    assert "3 configurations x 2 seeds (6 trials)" in out and "6 trials: 6 completed" in out
+    study = made["build_searcher"].searcher._ot_study
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert all(t.value == pytest.approx(t.params["b"] / 10 + 0.005) for t in study.trials)
+    client, parent, children = child_runs(tmp_path / "m.db", "fake")
+    seeds = sorted((r.data.params["b"], r.data.params["seed"]) for r in children)
+    assert [seed for _, seed in seeds] == ["0", "1"] * 3  # each configuration at seeds 0 and 1
+    best_b = max(float(t.params["b"]) for t in study.trials)
+    winner = next(r for r in children if r.data.tags["gkd_tune.trial_id"] == parent[0].data.tags["best_trial"])
+    assert float(winner.data.params["b"]) == pytest.approx(best_b)
+    assert "mean over 2 seeds, each shown by its median run" in out

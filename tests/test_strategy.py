@@ -1,6 +1,7 @@
 """Trial outcomes, what Optuna is told, the rung diagnostics and the rank correlations (no training)."""
 
 import math
+import re
 
 import optuna
 import pytest
@@ -223,3 +224,43 @@ def test_budget_halving_search_survives_a_save_and_restore_mid_budget(tmp_path):
     restored.restore(str(tmp_path / "searcher.pkl"))
     nxt = restored.suggest("s0")
     assert (nxt["config"], nxt["max_epochs"], nxt["b"]) == ("c02", 4, first[1]["b"])
+
+
+def test_repeat_tells_optuna_the_mean_over_seeds_only_when_every_seed_completed(tmp_path):
+    from gkd_tune.sweep.space import REPEAT_INDEX, TrialPlan
+    from gkd_tune.sweep.strategy import MeanOverSeeds
+
+    spec = space(num_samples=2, repeat=3, grace_period=MAX_T)
+    searcher = build_searcher(spec)
+    assert isinstance(searcher, MeanOverSeeds)
+    searcher.set_search_properties("val_acc", "max", {"b": tune.uniform(1, 5), "c": tune.uniform(2, 10)})
+    configs = {f"r{i}": searcher.suggest(f"r{i}") for i in range(6)}
+    assert [c[REPEAT_INDEX] for c in configs.values()] == [0, 1, 2, 0, 1, 2]
+    assert configs["r0"]["b"] == configs["r2"]["b"] != configs["r3"]["b"]  # one configuration, three seeds
+    assert [TrialPlan.resolve(spec, configs[f"r{i}"]).train.seed for i in range(3)] == [0, 1, 2]
+    for trial_id, value in zip(["r0", "r1", "r2"], [0.5, 0.6, 0.7]):
+        searcher.on_trial_complete(trial_id, {"epoch": MAX_T, "val_acc": value, "outcome": "completed"})
+    searcher.save(str(tmp_path / "searcher.pkl"))  # --resume: the groups come back with the study
+    restored = build_searcher(spec)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    for trial_id, value, ending in (("r3", 0.9, "completed"), ("r4", math.nan, "diverged"), ("r5", 0.9, "completed")):
+        restored.on_trial_complete(trial_id, {"epoch": MAX_T, "val_acc": value, "outcome": ending})
+    first, second = restored.searcher._ot_study.trials
+    S = optuna.trial.TrialState
+    assert first.state == S.COMPLETE and first.value == pytest.approx(0.6)
+    assert second.state == S.FAIL  # a diverged seed: not the mean of the other two (0.9)
+
+
+@pytest.mark.parametrize("search, training, said", [
+    ({"repeat": 3}, {}, "search.repeat: ASHA would stop a configuration's seeds one by one"),
+    ({"repeat": 3, "scheduler": "budget_halving"}, {}, "search.repeat: budget halving promotes single runs"),
+    ({"repeat": 3, "grace_period": MAX_T, "full_budget_trials": 3}, {}, "search.full_budget_trials: with search.repeat"),
+])
+def test_repeat_is_refused_where_it_cannot_work(search, training, said):
+    from gkd_tune.sweep.space import SpaceError
+
+    with pytest.raises(SpaceError, match=re.escape(said)):
+        parse_space({"name": "s", "training": {"max_epochs": MAX_T, **training},
+                     "params": {"b": {"uniform": [1, 5]}}, "search": {"grace_period": 1, **search}})
+    with pytest.raises(SpaceError, match="search.repeat: repeats the configurations a search proposes"):
+        parse_space({"name": "s", "params": {"b": 2.0}, "search": {"repeat": 2}})

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from ..core.stats import Difference
 from .report import TrialSummary
-from .space import SweepSpec
+from .space import REPEAT_INDEX, SweepSpec
 from .storage import CONFIRM_KEY
 from .strategy import BUDGET_KEY, COMPLETED, CONFIG_KEY
 
@@ -32,15 +32,17 @@ def configuration_label(trial: TrialSummary) -> str:
 
 
 def confirmation_seeds(spec: SweepSpec) -> list[int]:
-    """New seeds: none is the search's training.seed."""
-    return [spec.training.seed + 1 + i for i in range(spec.confirm.seeds)]
+    """New seeds: after the search's (its seed, and with search.repeat seed + 1, ...)."""
+    first = spec.fixed().get("seed", 0) + spec.search.repeat
+    return [first + i for i in range(spec.confirm.seeds)]
 
 
 def entries(spec: SweepSpec, search_winners: list[TrialSummary]) -> list[dict]:
     """The confirmation's runs, seed by seed (the first seed's runs first: an interrupted confirmation has whole
     pairs): each top configuration's sampled values at the full budget, and each baseline method with the space's
     fixed values."""
-    tuned = [(configuration_label(t), False, {k: v for k, v in t.config.items() if k not in (CONFIG_KEY, BUDGET_KEY)})
+    tuned = [(configuration_label(t), False, {k: v for k, v in t.config.items()
+                                              if k not in (CONFIG_KEY, BUDGET_KEY, REPEAT_INDEX)})
              for t in search_winners[: spec.confirm.top_k]]
     baselines = [(method, True, {"method": method}) for method in spec.confirm.baselines]
     return [{"label": label, "seed": seed, "baseline": baseline, "values": {**values, "seed": seed}}

@@ -7,8 +7,10 @@ params.png, also logged to the sweep's MLflow run (whose description becomes sum
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
+import statistics
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from ..core.errors import error_line
 from ..core.files import STUDENT_FILE
 from ..core.loop import OUTCOME, VAL_CORRECT
 from ..core.stats import PairedComparison, binomial_se, unpack_correct
-from .space import PLAN_KEY, SweepSpec, TrialPlan
+from .space import PLAN_KEY, REPEAT_INDEX, SweepSpec, TrialPlan
 from .storage import SweepStorage, copy_student, name_from_folder
 from .strategy import BUDGET_KEY, COMPLETED, CONFIG_KEY, DIVERGED, FAILED, SETUP_ERROR, STOPPED, trial_outcome
 from .tracking import VIEW_KEY, SweepTracker, short
@@ -71,6 +73,10 @@ class TrialSummary:
     plan: TrialPlan | None = None
     name: str = ""  # 't07', its folder's (storage.trial_name): what the console, the report and MLflow call it
     low_budget: bool = False  # budget halving's run below the full budget: it ranks configurations, never wins
+    # search.repeat: the mean of the metric over its configuration's seeds (NaN unless every seed completed), and
+    # whether it stands for its configuration (the median run); None / True without repeats
+    configuration_mean: float | None = None
+    representative: bool = True
 
     def __post_init__(self):
         self.name = self.name or self.trial_id
@@ -97,10 +103,34 @@ def summarise(results, spec: SweepSpec) -> list[TrialSummary]:
                                    name=name_from_folder(result.path, trial_id),
                                    low_budget=int((result.config or {}).get(BUDGET_KEY, spec.training.max_epochs))
                                    < spec.training.max_epochs))
+    if spec.search.repeat > 1:
+        rank_by_configuration(trials, spec)
     sign = -1 if spec.mode == "max" else 1
-    trials.sort(key=lambda t: (t.outcome != COMPLETED, sign * t.metrics.get(spec.search.metric, 0.0)
+    trials.sort(key=lambda t: (t.outcome != COMPLETED or not t.representative, sign * ranked_value(t, spec)
                                if t.outcome == COMPLETED else 0.0))
     return trials
+
+
+def ranked_value(trial: TrialSummary, spec: SweepSpec) -> float:
+    """What a trial is ranked by: its metric, or with search.repeat its configuration's mean over seeds."""
+    value = trial.metrics.get(spec.search.metric, 0.0) if trial.configuration_mean is None else trial.configuration_mean
+    return value if math.isfinite(value) else (-math.inf if spec.mode == "max" else math.inf)
+
+
+def rank_by_configuration(trials: list[TrialSummary], spec: SweepSpec) -> None:
+    """search.repeat: the runs of one configuration (the same values, seeds apart) ranked by their mean; a
+    configuration with a seed that did not complete never wins; its median run stands for it."""
+    groups: dict[str, list[TrialSummary]] = {}
+    for trial in trials:
+        values = {k: v for k, v in trial.config.items() if k != REPEAT_INDEX}
+        groups.setdefault(json.dumps(values, sort_keys=True, default=str), []).append(trial)
+    metric = spec.search.metric
+    for runs in groups.values():
+        whole = len(runs) == spec.search.repeat and all(run.outcome == COMPLETED for run in runs)
+        mean = statistics.fmean(float(run.metrics[metric]) for run in runs) if whole else math.nan
+        ordered = sorted(runs, key=lambda run: float(run.metrics.get(metric, math.nan)), reverse=spec.mode == "max")
+        for run in runs:
+            run.configuration_mean, run.representative = mean, whole and run is ordered[len(ordered) // 2]
 
 
 def one_row_per_epoch(rows: list[dict]) -> list[dict]:
@@ -112,8 +142,9 @@ def one_row_per_epoch(rows: list[dict]) -> list[dict]:
 
 def winners(trials: list[TrialSummary]) -> list[TrialSummary]:
     """The trials that may win: completed (the loop completes a run only with finite losses and validation metrics)
-    at the full budget; best first. Stopped, diverged and failed ones never do, nor budget halving's lower budgets."""
-    return [t for t in trials if t.outcome == COMPLETED and not t.low_budget]
+    at the full budget; best first. Stopped, diverged and failed ones never do, nor budget halving's lower budgets;
+    with search.repeat, one run per configuration whose every seed completed (its median run), by their mean."""
+    return [t for t in trials if t.outcome == COMPLETED and not t.low_budget and t.representative]
 
 
 def outcome_counts(trials: list[TrialSummary]) -> str:
@@ -126,13 +157,18 @@ def results_table(trials: list[TrialSummary], spec: SweepSpec) -> str:
     evaluated) and every diverged or failed trial with its error."""
     metric = spec.search.metric
     shown = list(spec.searched()) + list(spec.grid())
+    repeated = spec.search.repeat > 1
     lines = [f"{len(trials)} trials: {outcome_counts(trials)}",
-             f"Top completed trials ({metric} at epoch {spec.training.max_epochs}; test split once, after the sweep):",
-             f"{'rank':<5}{'trial':<10}{metric:>9}{'test_acc':>9}{'epochs':>8}  " + "  ".join(f"{n:>9}" for n in shown)]
+             f"Top completed {'configurations' if repeated else 'trials'} ({metric} at epoch {spec.training.max_epochs}"
+             + (f", mean over {spec.search.repeat} seeds, each shown by its median run" if repeated else "")
+             + "; test split once, after the sweep):",
+             f"{'rank':<5}{'trial':<10}{metric:>9}" + (f"{'mean':>9}" if repeated else "") +
+             f"{'test_acc':>9}{'epochs':>8}  " + "  ".join(f"{n:>9}" for n in shown)]
     for rank, trial in enumerate(winners(trials)[:TOP], 1):
         test = f"{trial.test['test_acc']:>9.4f}" if trial.test else f"{'-':>9}"
         values = "  ".join(f"{short(trial.config.get(n), 4):>9}" for n in shown)
-        lines.append(f"{rank:<5}{trial.name:<10}{trial.metrics[metric]:>9.4f}{test}{trial.metrics['epoch']:>8}  "
+        mean = f"{trial.configuration_mean:>9.4f}" if repeated else ""
+        lines.append(f"{rank:<5}{trial.name:<10}{trial.metrics[metric]:>9.4f}{mean}{test}{trial.metrics['epoch']:>8}  "
                      f"{values}")
     if winners(trials):
         lines += resolution_lines(trials, spec)

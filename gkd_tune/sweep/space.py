@@ -91,6 +91,9 @@ class SearchSettings:
                                          "n_startup_trials); default min(10, max(2, num_samples // 4))", low=1)
     full_budget_trials: int = setting(0, "the first K trials run to max_epochs whatever ASHA says: at the end, "
                                       "how well each rung's ranking predicts the final one (Spearman)", low=0)
+    repeat: int = setting(1, "runs per configuration, each at its own seed (seed, seed + 1, ...); Optuna is told "
+                          "their mean (Ray Tune's Repeater); needs grace_period = max_epochs (no early stopping)",
+                          low=1, high=100)
     test_top_k: int = setting(1, "the best K completed trials (by the validation metric) are evaluated once on the "
                               "test split after the sweep", low=0)
 
@@ -109,7 +112,7 @@ class ConfirmSettings:
     top_k: int = setting(3, "the best K configurations of the search (completed, at the full budget, by the "
                             "validation metric) to run again", low=1, high=100)
     seeds: int = setting(3, "new seeds per configuration and baseline (the student's weights, the batch order and "
-                            "the augmentation): training.seed + 1, + 2, ...", low=2, high=100)
+                            "the augmentation) after the search's: seed + repeat, + 1, ...", low=2, high=100)
     baselines: tuple[str, ...] = ("student", "kd")  # methods run at the same seeds, with the space's fixed values
 
     def __post_init__(self):
@@ -181,7 +184,7 @@ class SweepSpec:
         """num_samples, times the size of every grid; with budget_halving, the runs at every budget."""
         if self.search.scheduler == "budget_halving":
             return sum(count for _, count in halving_plan(self))
-        return self.search.num_samples * math.prod(len(d.values) for d in self.grid().values())
+        return self.search.num_samples * self.search.repeat * math.prod(len(d.values) for d in self.grid().values())
 
     def with_overrides(self, **changes) -> "SweepSpec":
         """The spec with the command line's overrides (None means: keep the file's value)."""
@@ -207,9 +210,17 @@ def halving_plan(spec: SweepSpec) -> list[tuple[int, int]]:
     return plan
 
 
+# Ray Tune's Repeater (search.repeat) numbers a configuration's runs 0, 1, ... under this config key
+# (ray.tune.search.repeater.TRIAL_INDEX, named here so that reading a space needs no Ray): run i trains at seed + i.
+REPEAT_INDEX = "__trial_index__"
+
+
 def chosen_values(spec: SweepSpec, values: dict[str, Any]) -> dict[str, Any]:
-    """A trial's parameters: the fixed ones, then its sampled ones, with `inflection` turned into c = b / inflection."""
+    """A trial's parameters: the fixed ones, then its sampled ones, with `inflection` turned into c = b / inflection
+    and a repeat's index into its seed."""
     chosen = {**spec.fixed(), **values}
+    if REPEAT_INDEX in chosen:
+        chosen["seed"] = chosen.get("seed", TRIAL_PARAMS["seed"].default) + int(chosen.pop(REPEAT_INDEX))
     if "inflection" in chosen:
         chosen["c"] = chosen["b"] / chosen.pop("inflection")
     return chosen
@@ -393,6 +404,7 @@ def parse_space(raw: Any, file: Path | str = "<space>") -> SweepSpec:
     params = {k: reader.param(k, v, f"params.{k}") for k, v in params_raw.items()}
     _check_beta_bounds(reader, params)
     _check_search(reader, params, search)
+    _check_repeat(reader, params, search, training)
     confirm = _confirm(reader, raw["confirm"], params, search, training) if "confirm" in raw else None
     storage = reader.value(text, raw.get("storage_path", SweepSpec.storage_path), "storage_path")
     return SweepSpec(name, str(file), data, teacher, student, student_weights, training, params, search, confirm,
@@ -409,12 +421,7 @@ def _confirm(reader: _Reader, raw, params: dict, search: SearchSettings, trainin
         if method not in methods:
             reader.fail(f"confirm.baselines[{i}]", f"must be one of {', '.join(methods)}, got {method!r}")
     confirm = replace(reader.section(ConfirmSettings, raw, "confirm"), baselines=tuple(baselines))
-    searched = [k for k, v in params.items() if isinstance(v, Distribution) and v.kind != "grid"]
-    if not searched:
-        reader.fail("confirm", "confirms the configurations a search found: this space searches nothing (a baseline "
-                               "sweep: give its seeds as a grid)")
-    if "seed" in searched:
-        reader.fail("confirm", "runs every configuration at new seeds: the search must not search seed")
+    _check_seeds_of_its_own(reader, params, "confirm", "confirms")
     if confirm.top_k > search.num_samples:
         reader.fail("confirm.top_k", f"must be <= search.num_samples ({search.num_samples}), got {confirm.top_k}")
     if search.scheduler == "budget_halving":
@@ -460,6 +467,34 @@ def _check_search(reader: _Reader, params: dict, search: SearchSettings) -> None
                                                  f"says nothing), got {search.full_budget_trials}")
     if search.full_budget_trials > search.num_samples:
         reader.fail("search.full_budget_trials", f"must be <= search.num_samples ({search.num_samples})")
+
+
+def _check_seeds_of_its_own(reader: _Reader, params: dict, path: str, does: str) -> None:
+    """`path` runs the search's configurations at seeds of its own: there must be a search, not of seed."""
+    searched = [k for k, v in params.items() if isinstance(v, Distribution) and v.kind != "grid"]
+    if not searched:
+        reader.fail(path, f"{does} the configurations a search proposes: this space searches nothing (a baseline "
+                          f"sweep gives its seeds as a grid)")
+    if "seed" in searched:
+        reader.fail(path, "runs configurations at seeds of its own: the search must not search seed")
+
+
+def _check_repeat(reader: _Reader, params: dict, search: SearchSettings, training: TrainConfig) -> None:
+    """search.repeat, refused where a mean over seeds cannot be what the search is told."""
+    if search.repeat == 1:
+        return
+    _check_seeds_of_its_own(reader, params, "search.repeat", "repeats")
+    if search.scheduler == "budget_halving":
+        reader.fail("search.repeat", "budget halving promotes single runs by their own result at each budget; a mean "
+                                     "over seeds needs every seed's end: use scheduler asha with grace_period = "
+                                     "max_epochs, or a confirm stage")
+    if search.grace_period < training.max_epochs:
+        reader.fail("search.repeat", f"ASHA would stop a configuration's seeds one by one, and their mean would mix "
+                                     f"budgets (Ray Tune's Repeater is not for early stopping): set search.grace_period "
+                                     f"to training.max_epochs ({training.max_epochs}) so that ASHA stops nothing, or "
+                                     f"use a confirm stage")
+    if search.full_budget_trials:
+        reader.fail("search.full_budget_trials", "with search.repeat no trial is stopped early already")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -15,6 +15,7 @@ is read by Optuna (its trial state), MLflow (the `gkd_tune.outcome` tag) and the
 from __future__ import annotations
 
 import math
+import pickle
 import textwrap
 import warnings
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import optuna
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from ..core.distillers import distillation_method
@@ -193,7 +195,35 @@ class ASHAWithFullBudgetTrials(ASHAScheduler):
         return sorted(int(milestone) for milestone, _ in self._brackets[0]._rungs if milestone < self._max_t)
 
 
-def build_searcher(spec: SweepSpec) -> ScheduleAwareOptunaSearch | None:
+class MeanOverSeeds(Repeater):
+    """Ray Tune's Repeater (search.repeat): each configuration Optuna proposes runs `repeat` times, its index in the
+    config (space.REPEAT_INDEX) picking its seed. Optuna is told the mean over the repeats, COMPLETE only when every
+    repeat completed, else FAIL: Repeater's own mean (numpy's nanmean) would drop a diverged seed and let the rest
+    stand for the configuration. Saved whole for --resume (Repeater saves only the searcher it wraps, not its
+    groups)."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False, **kwargs):
+        group = self._trial_id_to_group.get(trial_id)
+        if group is None:
+            return
+        completed = not error and trial_outcome(result, error) == COMPLETED
+        group.report(trial_id, float(result[self.searcher.metric]) if completed else math.nan)
+        if group.finished_reporting():
+            scores = group.scores()
+            told = {self.searcher.metric: float(np.mean(scores)), OUTCOME: COMPLETED} \
+                if all(math.isfinite(score) for score in scores) else {OUTCOME: FAILED}
+            self.searcher.on_trial_complete(group.primary_trial_id, result=told)
+
+    def save(self, checkpoint_path: str):
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.__dict__, file)
+
+    def restore(self, checkpoint_path: str):
+        with open(checkpoint_path, "rb") as file:
+            self.__dict__.update(pickle.load(file))
+
+
+def build_searcher(spec: SweepSpec):
     """Optuna TPE (multivariate, seeded, `search.tpe_startup_trials` random trials first), proposing budget
     halving's configurations where it is the scheduler; None when nothing is searched (a baseline: Tune runs the
     fixed values and grids as they are)."""
@@ -205,6 +235,8 @@ def build_searcher(spec: SweepSpec) -> ScheduleAwareOptunaSearch | None:
                                              n_startup_trials=spec.search.tpe_startup_trials)
     if spec.search.scheduler == "budget_halving":
         return BudgetHalvingSearch(halving_plan(spec), sampler=sampler)
+    if spec.search.repeat > 1:
+        return MeanOverSeeds(ScheduleAwareOptunaSearch(sampler=sampler), repeat=spec.search.repeat)
     return ScheduleAwareOptunaSearch(sampler=sampler)
 
 
