@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The confirmation study on real CIFAR-10 (CPU, about 45 minutes on 2 cores): a budget-halving search of 16
+# The confirmation study on real CIFAR-10 (CPU, about 50 minutes on 2 cores): a budget-halving search of 20
 # configurations, then the top 3 at 3 new seeds beside KD and the student alone (benchmarks/confirm/cifar10k.yaml).
 # Writes benchmarks/results/<date>-confirm-cifar10k/: the command, console.txt, summary.md and trials.parquet.
 #   bash benchmarks/confirm_study.sh        (PYTHON=... for another interpreter than .venv/bin/python;
