@@ -168,7 +168,8 @@ def results_table(trials: list[TrialSummary], spec: SweepSpec) -> str:
         test = f"{trial.test['test_acc']:>9.4f}" if trial.test else f"{'-':>9}"
         values = "  ".join(f"{short(trial.config.get(n), 4):>9}" for n in shown)
         mean = f"{trial.configuration_mean:>9.4f}" if repeated else ""
-        lines.append(f"{rank:<5}{trial.name:<10}{trial.metrics[metric]:>9.4f}{mean}{test}{trial.metrics['epoch']:>8}  "
+        name = trial.name + (f" {trial.config[CONFIG_KEY]}" if CONFIG_KEY in trial.config else "")  # t28 c07
+        lines.append(f"{rank:<5}{name:<10}{trial.metrics[metric]:>9.4f}{mean}{test}{trial.metrics['epoch']:>8}  "
                      f"{values}")
     if winners(trials):
         lines += resolution_lines(trials, spec)
