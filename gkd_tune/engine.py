@@ -37,7 +37,6 @@ class Trials:
     kind = "sweep"  # what messages call it
     record_name = ""  # the resume record's file in the storage (resume.py)
     safe_changes: frozenset[str] = frozenset()
-    teachers_metadata: list[dict] = []  # of the teachers prepared for a new run (engine.prepare_teachers), in order
 
     def __init__(self, spec: SweepSpec, configuration: dict, resume: bool, address: str | None,
                  accept_changes: bool = False, verbose: bool = False):
@@ -129,11 +128,11 @@ def run_on_ray(trials: Trials, storage: SweepStorage) -> int:
     teachers = trials.teachers(storage)
     wanted = [(teacher_spec, folder) for teacher_spec, folder in teachers
               if not (trials.resume and folder.exists(TEACHER_FILE))]
-    trials.teachers_metadata = prepare_teachers(wanted)
+    metadata = prepare_teachers(wanted)
     publish_student_weights(spec, storage)
     tracker = SweepTracker(spec, storage.location)
     try:
-        results = fit(trials, storage, tracker)
+        results = fit(trials, storage, tracker, teachers, metadata)
         if results is None:
             tracker.finish("KILLED")
             return EXIT_INTERRUPTED
@@ -143,21 +142,23 @@ def run_on_ray(trials: Trials, storage: SweepStorage) -> int:
         raise
 
 
-def fit(trials: Trials, storage: SweepStorage, tracker):
+def fit(trials: Trials, storage: SweepStorage, tracker, teachers: list | None = None,
+        teachers_metadata: list[dict] | None = None):
     """Run `trials` in a Ray Tune experiment in `storage` (new, or restored with trials.resume) to its end: its
-    results, or None (said how to continue) where it was interrupted."""
+    results, or None (said how to continue) where it was interrupted. `teachers` (spec, folder) are in place,
+    `teachers_metadata` what a new run records of them."""
     from ray import tune
 
     from .sweep.progress import ConsoleProgress
 
     spec = trials.spec
-    trainable = tune.with_resources(trials.trainable(storage, trials.teachers(storage)),
+    trainable = tune.with_resources(trials.trainable(storage, teachers or []),
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     if trials.resume:
         tuner = tune.Tuner.restore(storage.tune_path, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=storage.tune_filesystem)
     else:
-        settings = trials.tune_settings(storage, tracker, trials.teachers_metadata)
+        settings = trials.tune_settings(storage, tracker, teachers_metadata or [])
         if not trials.verbose:  # pickled with the run: a --resume keeps its console
             settings.callbacks.append(ConsoleProgress(trials.count, spec.search.metric))
         tuner = tune.Tuner(

@@ -217,7 +217,7 @@ class SweepTrials(Trials):
 
     def finish(self, results, tracker, teachers: list) -> int:
         from .cli import EXIT_INTERRUPTED
-        from .sweep.report import outcome_counts, print_summary, summarise, winners
+        from .sweep.report import outcome_counts, print_summary, shipped_run, summarise, winners
         from .sweep.strategy import FAILED
 
         spec = self.spec
@@ -241,8 +241,7 @@ class SweepTrials(Trials):
             if confirmation is None:  # interrupted: said how to continue
                 tracker.finish("KILLED")
                 return EXIT_INTERRUPTED
-        # the shipped student: the confirmed answer's median-validation run, else the search's winner
-        chosen = confirmation.champion() if confirmation and confirmation.answer() else best[0]
+        chosen = shipped_run(trials, confirmation)
         if chosen.checkpoint is not None:
             from .sweep.registry import register_best
 
@@ -269,10 +268,7 @@ class ConfirmTrials(Trials):
     def resume_command(self) -> str:
         return self.sweep.resume_command()
 
-    def teachers(self, storage: SweepStorage) -> list:
-        return []  # the sweep's, in place
-
-    def trainable(self, storage: SweepStorage, teachers: list):
+    def trainable(self, storage: SweepStorage, teachers: list):  # the sweep's teacher, in place
         from ray import tune
 
         from .sweep.trainable import confirmation_of, train_trial

@@ -181,8 +181,9 @@ def results_table(trials: list[TrialSummary], spec: SweepSpec) -> str:
 def comparisons(trials: list[TrialSummary]) -> list[tuple[TrialSummary, PairedComparison]]:
     """The winner against each of the next top completed trials, on the same validation images (each run's
     per-image correctness at its last epoch)."""
-    top = [t for t in winners(trials)[:TOP] if VAL_CORRECT in t.metrics]
-    if len(top) < 2 or top[0] is not winners(trials)[0]:
+    best = winners(trials)
+    top = [t for t in best[:TOP] if VAL_CORRECT in t.metrics]
+    if len(top) < 2 or top[0] is not best[0]:
         return []
     first = unpack_correct(top[0].metrics[VAL_CORRECT])
     return [(other, PairedComparison.of(first, unpack_correct(other.metrics[VAL_CORRECT]))) for other in top[1:]]
@@ -226,6 +227,14 @@ def keep_best_student(top: TrialSummary, spec: SweepSpec) -> str:
     return where
 
 
+def shipped_run(trials: list[TrialSummary], confirmation=None) -> TrialSummary:
+    """The run whose student is shipped (registered, best/student.pt, the sweep's best_trial): the confirmed
+    answer's median-validation run where a confirmation chose one, else the search's winner."""
+    if confirmation is not None and confirmation.answer() is not None:
+        return confirmation.champion()
+    return winners(trials)[0]
+
+
 def print_summary(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTracker, confirmation=None) -> None:
     """The results table (and the confirmation's, where the sweep has one), the shipped student's file, the report
     (whose summary.md becomes the description of the sweep's MLflow run, so the answer is on its page) and how to
@@ -236,7 +245,7 @@ def print_summary(trials: list[TrialSummary], spec: SweepSpec, tracker: SweepTra
     out = Path("reports") / spec.name
     write_report(trials, spec, tracker, out, confirmation)
     confirmed = confirmation is not None and confirmation.answer() is not None
-    top = confirmation.champion() if confirmed else winners(trials)[0]
+    top = shipped_run(trials, confirmation)
     if top.checkpoint is not None:
         caveat = winner_caveat(trials)
         why = (f"the confirmed answer's median-{spec.search.metric} run" if confirmed else
