@@ -296,7 +296,9 @@ def confirm_answer(sweep: SweepTrials, storage: SweepStorage, tracker, best: lis
     folder = storage.child(CONFIRM_DIR)
     runs = entries(spec, best)
     tuned = len(runs) // spec.confirm.seeds - len(spec.confirm.baselines)
-    print(f"\nConfirming the top {tuned} configuration(s) beside {', '.join(spec.confirm.baselines)} at "
+    short = f" (confirm.top_k is {spec.confirm.top_k}: only {tuned} completed the full budget)" \
+        if tuned < spec.confirm.top_k else ""
+    print(f"\nConfirming the top {tuned} configuration(s){short} beside {', '.join(spec.confirm.baselines)} at "
           f"{spec.training.max_epochs} epochs, {spec.confirm.seeds} new seeds each: {len(runs)} runs ...", flush=True)
     results = engine.fit(ConfirmTrials(sweep, storage, runs, resume=folder.has_experiment()), folder, tracker)
     if results is None:

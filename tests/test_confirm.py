@@ -137,12 +137,15 @@ def counting_evaluation(calls: str):
 
 @pytest.mark.slow
 def test_a_confirmation_interrupted_midway_resumes_and_tests_each_run_once(tmp_path, monkeypatch, capsys):
-    space = {key: value for key, value in SPACE.items() if key != "name"}
+    # ASHA with grace_period = max_epochs stops no run: the top 2 are always there to confirm
+    space = {**{key: value for key, value in SPACE.items() if key != "name"},
+             "search": {**SPACE["search"], "grace_period": 2}}
     trainable = confirming_trainable(os.getpid(), str(tmp_path / "interrupted"))
     evaluate = counting_evaluation(str(tmp_path / "calls"))
     rc, _ = run_fake_sweep(tmp_path, monkeypatch, space, trainable, evaluate=evaluate)
     out = capsys.readouterr().out
     assert rc == EXIT_INTERRUPTED, out[-3000:]
+    assert "Confirming the top 2 configuration(s) beside" in out
     assert "The confirmation was interrupted" in out and "--resume" in out
     client, parent, children = sweep_runs(f"sqlite:///{tmp_path}/m.db", "fake")
     assert parent[0].info.status == "KILLED" and all(r.info.status != "RUNNING" for r in children)
