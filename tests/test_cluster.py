@@ -222,12 +222,13 @@ storage_path: "{storage}"
 """
 
 
-def space_file(folder: Path, name: str, storage: str, tracking: str, search: dict | None = None) -> Path:
+def space_file(folder: Path, name: str, storage: str, tracking: str, search: dict | None = None, **sections) -> Path:
     space = folder / f"{name}.yaml"
     text = SWEEP.format(name=name, storage=storage, tracking=tracking, epochs=MAX_EPOCHS)
-    if search:
+    if search or sections:
         spec = yaml.safe_load(text)
-        spec["search"].update(search)
+        spec["search"].update(search or {})
+        spec.update(sections)
         text = yaml.safe_dump(spec)
     space.write_text(text)
     return space
@@ -318,11 +319,13 @@ def test_a_sweep_joined_to_the_cluster_with_storage_on_this_nodes_disk_is_refuse
 def test_budget_halving_on_the_local_cluster_over_s3_and_a_tracking_server(local_cluster, seaweedfs, mlflow_server,
                                                                            tmp_path):
     """budget_halving runs where ASHA does: its runs spread over the worker nodes, their results and checkpoints in
-    S3, MLflow on the tracking server groups each configuration's runs, and a full-budget run wins."""
+    S3, MLflow on the tracking server groups each configuration's runs, and a full-budget run wins; then the
+    confirmation runs the winner beside KD at two new seeds, in the sweep's S3 folder, tested once each."""
     name = "cluster-halving"
-    # 4 configurations at 2 epochs (compressed), the best 2 again at the full 4
+    # 4 configurations at 2 epochs (compressed), the best 2 again at the full 4; the best 1 and KD at seeds 1, 2
     space = space_file(tmp_path, name, seaweedfs.uri(RUNS_PREFIX), mlflow_server.uri,
-                       {"scheduler": "budget_halving", "grace_period": 2, "reduction_factor": 2})
+                       {"scheduler": "budget_halving", "grace_period": 2, "reduction_factor": 2},
+                       confirm={"top_k": 1, "seeds": 2, "baselines": ["kd"]})
     done = subprocess.run([sys.executable, "-m", "gkd_tune.search", "--space", str(space), "--address",
                            local_cluster.address], cwd=tmp_path, env=dict(local_cluster.env, GKD_TUNE_LOGICAL_GPUS="1"),
                           capture_output=True, text=True, timeout=600)
@@ -331,22 +334,34 @@ def test_budget_halving_on_the_local_cluster_over_s3_and_a_tracking_server(local
     assert "4 run(s) x    2 epochs" in done.stdout and "2 run(s) x    4 epochs" in done.stdout, done.stdout
     assert "6 trials: 6 completed" in done.stdout, done.stdout[-3000:]
 
-    # every run's results in S3, each run to its own budget, on more than one worker node
+    # every run's results in S3, each run to its own budget, on more than one worker node; the confirmation's four
+    # runs in the sweep's confirm/ folder, at the full budget
     results = s3_results(seaweedfs, name)
-    assert sorted([row["epoch"] for row in rows] for rows in results.values()) == [[1, 2]] * 4 + [[1, 2, 3, 4]] * 2
+    assert sorted([row["epoch"] for row in rows] for rows in results.values()) == [[1, 2]] * 4 + [[1, 2, 3, 4]] * 6
     assert len({row["node_id"] for rows in results.values() for row in rows}) >= 2, results
     keys = seaweedfs.keys(f"{RUNS_PREFIX}/{name}")
     assert len([key for key in keys if re.fullmatch(rf"{RUNS_PREFIX}/{name}/trial-\w+/checkpoint_\d+/student.pt",
                                                        key)]) == 6, keys
+    assert len([key for key in keys if re.fullmatch(
+        rf"{RUNS_PREFIX}/{name}/confirm/trial-(c\d+|kd)\.s[12]/checkpoint_\d+/student.pt", key)]) == 4, keys
 
     # MLflow on the tracking server: a configuration's runs share its tag, the promoted ones are the first budget's
     # best two, and the winner is a full-budget run, the only one tested
     _, [parent], children = sweep_runs(mlflow_server.uri, name)
-    assert len(children) == 6 and all(r.info.status == "FINISHED" for r in [parent, *children])
+    assert len(children) == 10 and all(r.info.status == "FINISHED" for r in [parent, *children])
+    confirming = [r for r in children if "gkd_tune.confirm" in r.data.tags]
+    children = [r for r in children if r not in confirming]
+    confirmed = parent.data.tags["gkd_tune.confirmed"]
+    assert sorted(r.info.run_name for r in confirming) == sorted(f"{label}.s{seed}" for label in (confirmed, "kd")
+                                                                 for seed in (1, 2))
+    assert all("test_acc" in r.data.metrics for r in confirming) and "confirm.minus_kd.test_acc_mean" in \
+        parent.data.metrics
     assert_budget_halving_promoted_the_best(children, 2, 4, configurations=4, promoted=2)
-    [winner] = [r for r in children if r.data.tags["gkd_tune.trial_id"] == parent.data.tags["best_trial"]]
+    [winner] = [r for r in children if "test_acc" in r.data.metrics]  # the search's, once; then its confirmation's
     assert winner.data.params["max_epochs"] == "4"
-    assert [r.info.run_id for r in children if "test_acc" in r.data.metrics] == [winner.info.run_id]
+    assert parent.data.tags["gkd_tune.confirmed"] == winner.data.tags["gkd_tune.config"]
+    [champion] = [r for r in confirming if r.data.tags["gkd_tune.trial_id"] == parent.data.tags["best_trial"]]
+    assert champion.info.run_name.startswith(f"{confirmed}.s")  # (of 2 seeds, the median is the lower val)
     assert re.search(r"best student: s3://\S+", printed), printed[-3000:]
 
 
