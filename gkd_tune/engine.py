@@ -150,6 +150,7 @@ def fit(trials: Trials, storage: SweepStorage, tracker, teachers: list | None = 
     from ray import tune
 
     from .sweep.progress import ConsoleProgress
+    from .sweep.worker_files import TextErrorsOnly
 
     spec = trials.spec
     trainable = tune.with_resources(trials.trainable(storage, teachers or []),
@@ -159,6 +160,7 @@ def fit(trials: Trials, storage: SweepStorage, tracker, teachers: list | None = 
                                    storage_filesystem=storage.tune_filesystem)
     else:
         settings = trials.tune_settings(storage, tracker, teachers_metadata or [])
+        settings.callbacks.append(TextErrorsOnly())  # pickled with the run, so a --resume keeps it too
         if not trials.verbose:  # pickled with the run: a --resume keeps its console
             settings.callbacks.append(ConsoleProgress(trials.count, spec.search.metric))
         tuner = tune.Tuner(

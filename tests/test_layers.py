@@ -20,7 +20,7 @@ LAYERS = {
         {"teacher"},
     ],
     "sweep": [  # a sweep inside Ray Tune: its file, search, tracking, trainable, report
-        {"storage"},
+        {"storage", "worker_files"},
         {"space"},
         {"strategy", "resume"},
         {"tracking", "trainable", "progress"},

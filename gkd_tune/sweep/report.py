@@ -457,9 +457,12 @@ def sweep_results(location: str):
     from ray.tune import ExperimentAnalysis, ResultGrid
 
     from .storage import SweepStorage
+    from .worker_files import forget_pickled_errors
 
     storage = SweepStorage(location)
-    return ResultGrid(ExperimentAnalysis(storage.tune_path, storage_filesystem=storage.tune_filesystem))
+    analysis = ExperimentAnalysis(storage.tune_path, storage_filesystem=storage.tune_filesystem)
+    forget_pickled_errors(analysis.trials)  # a worker may have written them
+    return ResultGrid(analysis)
 
 
 def load_trials(spec: SweepSpec, tracker: SweepTracker, location: str) -> list[TrialSummary]:

@@ -10,7 +10,8 @@ of every location derived from it.
 Who writes where, on a cluster: worker nodes write only below a trial's folder (Ray Tune's checkpoints) and below
 ``teacher-progress/`` (a teacher in training, the doctor's probes); everything else, ``tuner.pkl`` and the
 experiment state that ``--resume`` unpickles among it, is written by the driver alone. cluster/README.md's worker
-policy grants exactly these prefixes, so a compromised worker cannot plant a pickle that the driver would load.
+policy grants exactly these prefixes. In its trial's folder a worker could still put a pickle where Ray Tune looks
+for one (a failed trial's error.pkl): worker_files.py has Tune read that error as text instead.
 """
 
 from __future__ import annotations
