@@ -2,6 +2,7 @@
 real (Ray's fake multi-node autoscaler, token auth on) to run sweeps over two worker nodes, on S3 and a tracking
 server on PostgreSQL (tests/realstack.py): one by budget halving, one that loses a node midway."""
 
+import contextlib
 import json
 import os
 import re
@@ -167,27 +168,40 @@ def local_cluster(tmp_path_factory, seaweedfs):
     config["provider"]["gcs_address"] = f"127.0.0.1:{port}"
     config_file = tmp_path / "local.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    token = tmp_path / "auth_token"
+    env = token_env(tmp_path)
+    with ray_head(port, env, tmp_path / "head.log", "--num-cpus=0", "--num-gpus=0",
+                  f"--autoscaling-config={config_file}",
+                  extra_env=dict(RAY_FAKE_CLUSTER="1", **seaweedfs.env(WORKER_KEYS))) as temp_dir:
+        yield LocalCluster(f"127.0.0.1:{port}", dict(env, **seaweedfs.profile_env(HEAD_KEYS, tmp_path)), temp_dir)
+
+
+def token_env(folder: Path) -> dict:
+    """This environment with token authentication on, a new token in `folder`, and no RAY_ADDRESS."""
+    token = folder / "auth_token"
     token.write_text("gkd-tune-test-token-" + os.urandom(16).hex())
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)
-    address = f"127.0.0.1:{port}"
+    return env
+
+
+@contextlib.contextmanager
+def ray_head(port: int, env: dict, log_file: Path, *options: str, extra_env: dict | None = None):
+    """A Ray head started with `options` on `port`, answering `ray status`; its session folder. Ended with every
+    process that names its port (head, GCS, raylets, workers)."""
     temp_dir = Path(tempfile.mkdtemp(prefix="gkdray-"))  # short: Ray's socket paths live below it
-    log = open(tmp_path / "head.log", "w")
+    log = open(log_file, "w")
     head = subprocess.Popen(
-        [RAY_CLI, "start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false",
-         f"--autoscaling-config={config_file}", f"--temp-dir={temp_dir}", "--block"],
-        env=dict(env, RAY_FAKE_CLUSTER="1", **seaweedfs.env(WORKER_KEYS)), stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
+        [RAY_CLI, "start", "--head", f"--port={port}", "--include-dashboard=false", *options, f"--temp-dir={temp_dir}",
+         "--block"], env=dict(env, **(extra_env or {})), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 90
-        while ray_status(address, env).returncode != 0:
-            assert time.time() < deadline and head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
+        while ray_status(f"127.0.0.1:{port}", env).returncode != 0:
+            assert time.time() < deadline and head.poll() is None, log_file.read_text()[-3000:]
             time.sleep(2)
-        yield LocalCluster(address, dict(env, **seaweedfs.profile_env(HEAD_KEYS, tmp_path)), temp_dir)
+        yield temp_dir
     finally:
-        # every process of this cluster (head, GCS, raylets, workers) names its port; the fake provider's worker
-        # raylets outlive the head otherwise (`ray stop` would catch them, and any other Ray on this machine too)
+        # the fake provider's worker raylets outlive the head otherwise (`ray stop` would catch them, and any other
+        # Ray on this machine too)
         kill(processes_matching(re.compile(rf"(:|port=){port}\b")))
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
@@ -308,10 +322,40 @@ def test_a_sweep_joined_to_the_cluster_with_storage_on_this_nodes_disk_is_refuse
     assert re.fullmatch(r"error: storage_path \S+ is on this node's disk \(\w+\) and tracking.uri \S+ is a file on "
                         r"this node, but this Ray cluster spans several nodes \(or its autoscaler adds them\): pass "
                         r"--storage-path s3://BUCKET/PREFIX .* --tracking-uri http://127.0.0.1:5000 .*", last), last
-    assert took < 10, f"refused after {took:.1f} s"
+    assert took < 30, f"refused after {took:.1f} s"  # (the plan and a connection; a teacher would take minutes)
     assert "teacher" not in refused.stdout.split("tracking ")[-1]  # nothing trained: the plan, then the refusal
     assert not (tmp_path / "shared" / "refused").exists() or not any((tmp_path / "shared" / "refused").iterdir())
     print(f"refused in {took:.1f} s")
+
+
+SPANS_NODES = "import ray, sys; ray.init(address=sys.argv[1]); from gkd_tune.cluster.preflight import " \
+              "cluster_spans_nodes; print('spans nodes:', cluster_spans_nodes(wait_s=0))"
+
+
+@pytest.mark.slow
+def test_under_autoscaler_v2_a_launched_head_refuses_node_local_storage_and_a_plain_head_does_not(tmp_path):
+    """`ray up` starts the head with autoscaler v2 and its node type's name (RAY_NODE_TYPE_NAME), and v2 writes none
+    of the v1 status the guard once read: with the head alone up, a sweep onto its disk is refused all the same. A
+    plain `ray start --head` under v2 names no node type: one machine, whose own disk is fine."""
+    env = token_env(tmp_path)
+    v2 = {"RAY_enable_autoscaler_v2": "1", "RAY_CLOUD_INSTANCE_ID": "head-instance"}
+    port = free_port()
+    with ray_head(port, env, tmp_path / "launched.log", "--num-cpus=1",
+                  extra_env=dict(v2, RAY_NODE_TYPE_NAME="ray.head.default")):
+        address = f"127.0.0.1:{port}"
+        said = subprocess.run([sys.executable, "-c", SPANS_NODES, address], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert "spans nodes: True" in said.stdout, said.stdout + said.stderr
+        space = space_file(tmp_path, "refused-v2", str(tmp_path / "shared"), f"sqlite:///{tmp_path / 'mlflow.db'}")
+        refused = subprocess.run([sys.executable, "-m", "gkd_tune.search", "--space", str(space), "--address",
+                                  address], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "but this Ray cluster spans several nodes (or its autoscaler adds them)" in refused.stderr
+    port = free_port()
+    with ray_head(port, env, tmp_path / "plain.log", "--num-cpus=1", extra_env=v2):
+        said = subprocess.run([sys.executable, "-c", SPANS_NODES, f"127.0.0.1:{port}"], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert "spans nodes: False" in said.stdout, said.stdout + said.stderr
 
 
 @pytest.mark.slow
@@ -527,6 +571,55 @@ def test_the_head_may_launch_only_the_clusters_workers_and_retag_and_end_only_it
         assert statement["Condition"]["StringEquals"]["ec2:ResourceTag/ray-cluster-name"] == config["cluster_name"]
     unconditioned = [s for s in statements if s["Resource"] == "*" and "Condition" not in s]
     assert [s["Action"] for s in unconditioned] == ["ec2:Describe*"], unconditioned
+    # a spot launch also creates a spot-instances-request, which RunInstances must be allowed on
+    if spot == {"spot"}:
+        assert any(r.endswith(":spot-instances-request/*") for s in allowing("ec2:RunInstances")
+                   for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"]))
+
+
+def test_the_doctor_dry_runs_each_worker_launch_and_names_a_refused_permission(monkeypatch, tmp_path):
+    """gpu.yaml's worker launched as Ray's AWS provider launches it, DryRun=True, against EC2's answers (botocore's
+    Stubber): DryRunOperation is a pass; UnauthorizedOperation names the action and resource; a missing spot
+    service-linked role names the README step that makes it."""
+    import boto3
+    from botocore.stub import Stubber
+
+    from gkd_tune.cluster.aws import launch_problems, launch_request
+    from gkd_tune.cluster.doctor import launch_checks
+
+    config = prepared_gpu_config()
+    [worker] = [name for name in config["available_node_types"] if name != config["head_node_type"]]
+    request = launch_request(config, worker)
+    assert request["DryRun"] is True and request["MinCount"] == request["MaxCount"] == 1
+    assert request["InstanceMarketOptions"]["MarketType"] == "spot" and "SubnetIds" not in request
+    assert request["TagSpecifications"][0]["Tags"] == [{"Key": "ray-cluster-name", "Value": config["cluster_name"]}]
+    ec2 = boto3.client("ec2", region_name="us-west-2", aws_access_key_id="x", aws_secret_access_key="x")
+    refused = ("You are not authorized to perform this operation. User: arn:aws:sts::123456789012:assumed-role/"
+               "gkd-tune-head/i-0 is not authorized to perform: ec2:RunInstances on resource: arn:aws:ec2:us-west-2:"
+               "123456789012:spot-instances-request/* because no identity-based policy allows the ec2:RunInstances "
+               "action. Encoded authorization failure message: AbC")
+    with Stubber(ec2) as stub:
+        stub.add_client_error("run_instances", "DryRunOperation", "Request would have succeeded", 412,
+                              expected_params=request)
+        stub.add_client_error("run_instances", "UnauthorizedOperation", refused, 403, expected_params=request)
+        stub.add_client_error("run_instances", "AuthFailure.ServiceLinkedRoleCreationNotPermitted", "no role", 403,
+                              expected_params=request)
+        assert launch_problems(config, ec2) == []
+        assert launch_problems(config, ec2) == [
+            f"the head may not launch a {worker} worker (spot {request['InstanceType']}): UnauthorizedOperation: "
+            f"the head's role lacks ec2:RunInstances on arn:aws:ec2:us-west-2:123456789012:spot-instances-request/* "
+            f"(the head policy in cluster/README.md, step 6)"]
+        [problem] = launch_problems(config, ec2)
+        assert "aws iam create-service-linked-role --aws-service-name spot.amazonaws.com" in problem
+    # on the head, without credentials: one line, no traceback; elsewhere than AWS: not checked
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    [(what, _, problem)] = launch_checks({**config, "provider": {**config["provider"], "region": "nowhere-1"}})
+    assert what == "launch" and problem.startswith("launch: not checked: ")
+    assert launch_checks({**config, "provider": {"type": "fake_multinode"}}) == []
 
 
 HEAD_BOOTSTRAP = ROOT / "tests" / "head_bootstrap.py"

@@ -72,6 +72,28 @@ def test_a_node_whose_storage_is_the_drivers_disk_is_marked_not_shared():
     assert node(on_driver_disk=True).storage == "not shared" and node().storage == "read+write"
 
 
+def test_every_problem_line_makes_the_doctor_fail_and_is_listed(capsys):
+    """A worker whose storage is the driver's disk, found when the shared check saw one node (autoscaler v2 before
+    the guard read it): the storage line says PROBLEM, so the exit code is 1 and the problem is listed."""
+    checks = [("shared", "storage and tracking that every node of the cluster can use", None)]
+    worker = node(on_driver_disk=True)
+    worker.problems = doctor.judge(worker, STORAGE)
+    assert worker.problems == []  # (the driver's problem, not the node's)
+    assert doctor.conclude([worker], checks, STORAGE, None) == 1
+    printed = capsys.readouterr()
+    assert "storage    /shared/runs/sweep written from every node and read back from the driver's: PROBLEM" in \
+        printed.out and "no problem found" not in printed.out
+    assert "1 problem:\n- /shared/runs/sweep is not shared: what node ffffffff (10.0.1.7) wrote there" in printed.err
+    # the shared check's refusal already says it: listed once
+    said = "storage_path /shared/runs is on this node's disk (ext4), but this Ray cluster spans several nodes"
+    assert doctor.conclude([worker], [(*checks[0][:2], said)], STORAGE, None) == 1
+    assert capsys.readouterr().err.count("- ") == 1
+    healthy = node()
+    assert doctor.conclude([healthy], checks, STORAGE, None) == 0
+    out = capsys.readouterr().out
+    assert "no problem found" in out and "PROBLEM" not in out
+
+
 def test_the_trial_step_runs_the_spaces_nets_at_its_batch_size_and_names_what_fails(monkeypatch):
     import torch
 

@@ -28,7 +28,7 @@ LAYERS = {
         {"confirm"},
     ],
     "cluster": [  # where it runs: which Ray, the checks before a sweep, the doctor
-        {"preflight", "runtime"},
+        {"preflight", "runtime", "aws"},
         {"doctor"},
     ],
     "": [  # the run engine and the command-line programs (python -m gkd_tune.<command>)

@@ -13,10 +13,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from ..core.errors import error_line
 from ..sweep.space import SweepSpec, load_space
 from ..sweep.storage import WORKER_SCRATCH_DIR, SweepStorage
 from ..sweep.trainable import LOGICAL_GPUS_ENV
+from .aws import BOOTSTRAP_CONFIG, launch_problems
 from .preflight import (check_given_cluster, check_shared_with_cluster, check_tracking, cluster_spans_nodes,
                         node_local_storage, task_resources, wait_for_cluster_resources)
 
@@ -341,22 +344,35 @@ def diagnose(args) -> int:
                            f"it)", problem_of(wait_for_cluster_resources, spec)))
         nodes = probe_cluster(storage, spec)
         checks.append(("auth", "a client with a wrong token is refused", check_wrong_token_refused()))
+        if BOOTSTRAP_CONFIG.exists():  # on the head of a `ray up` cluster
+            checks += launch_checks(yaml.safe_load(BOOTSTRAP_CONFIG.read_text()))
     finally:
         ray.shutdown()
 
+    return conclude(nodes, checks, storage, spec)
+
+
+def conclude(nodes: list[NodeFindings], checks: list[tuple[str, str, str | None]], storage: SweepStorage | None,
+             spec: SweepSpec | None) -> int:
+    """The table, a line per check, then every problem: exit code 1 wherever a line says PROBLEM, else 0."""
     print("\n" + table(nodes) + "\n")
     for what, checked, problem in checks:
         print(f"{what:<10} {checked}: {'ok' if problem is None else 'PROBLEM'}")
-    if storage:  # its problems are the nodes'
-        healthy = not any(node.storage in ("cannot write", "not shared") for node in nodes)
+    problems = [problem for _, _, problem in checks if problem] + [p for node in nodes for p in node.problems]
+    if storage:  # its problems are the nodes', or the driver's where the path is on the driver's disk
+        unshared = [node for node in nodes if node.storage in ("cannot write", "not shared")]
         print(f"{'storage':<10} {storage.location} written from every node and read back from the driver's: "
-              f"{'ok' if healthy else 'PROBLEM'}")
+              f"{'PROBLEM' if unshared else 'ok'}")
+        covered = any(node.problems for node in unshared) or any(p for what, _, p in checks if what == "shared")
+        if unshared and not covered:  # on the driver's disk, and the cluster spanned no nodes at the shared check
+            problems.append(f"{storage.location} is not shared: what node {unshared[0].name} wrote there is not "
+                            f"visible from the driver's node; on a cluster, storage_path must be storage every node "
+                            f"reads (s3://...)")
     if not spec:
         print("(storage, tracking and a trial's resources are not checked without --space)")
     if not any(node.gpus for node in nodes):
         print("note: no node offers a GPU now" + ("" if spec else ": GPU workers start on demand; give --space to "
                                                                   "start one and check it"))
-    problems = [problem for _, _, problem in checks if problem] + [p for node in nodes for p in node.problems]
     if problems:
         print(f"\n{len(problems)} problem{'s' if len(problems) != 1 else ''}:", file=sys.stderr)
         for problem in problems:
@@ -364,6 +380,18 @@ def diagnose(args) -> int:
         return 1
     print("\nno problem found")
     return 0
+
+
+def launch_checks(config: dict) -> list[tuple[str, str, str | None]]:
+    """On AWS: whether the head may launch each worker node type (a dry run; aws.py)."""
+    if config.get("provider", {}).get("type") != "aws":
+        return []
+    try:
+        problems = launch_problems(config)
+    except Exception as error:  # no credentials, no boto3, no network: said, not a traceback
+        problems = [f"launch: not checked: {error_line(error)}"]
+    return [("launch", "each worker node type launched as a dry run (RunInstances, DryRun=True)",
+             "; ".join(problems) or None)]
 
 
 def problem_of(check, *args) -> str | None:

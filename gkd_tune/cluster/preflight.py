@@ -191,14 +191,24 @@ def node_local_tracking(uri: str) -> bool:
 
 def cluster_spans_nodes(wait_s: float = 12.0) -> bool:
     """Whether the connected Ray cluster has several nodes, or an autoscaler that adds them (cluster/gpu.yaml starts
-    with its head alone). The head's monitor reports its autoscaler every few seconds (waited for, at most `wait_s`,
-    on a cluster that has just started); a head without a cluster config runs Ray's read-only autoscaler, whose node
-    types are the nodes' own ids (`format_readonly_node_type`), while a configured one names its node types."""
+    with its head alone). Under autoscaler v2 (what `ray up` and KubeRay run), a node that a cluster launcher started
+    carries its node type's name, a node of a plain `ray start` none. Autoscaler v1's monitor reports every few
+    seconds instead (waited for, at most `wait_s`, on a cluster that has just started); a head without a cluster
+    config runs Ray's read-only autoscaler, whose node types are the nodes' own ids (`format_readonly_node_type`),
+    while a configured one names its node types."""
     import ray
     from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+    from ray._raylet import GcsClient
     from ray.autoscaler._private.util import format_readonly_node_type
+    from ray.autoscaler.v2.sdk import get_cluster_resource_state
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
     from ray.experimental.internal_kv import _internal_kv_get
 
+    if sum(1 for node in ray.nodes() if node.get("Alive")) > 1:
+        return True
+    gcs = GcsClient(ray.get_runtime_context().gcs_address)
+    if is_autoscaler_v2(fetch_from_server=True, gcs_client=gcs):  # it never writes v1's status
+        return any(node.ray_node_type_name for node in get_cluster_resource_state(gcs).node_states)
     readonly_prefix = format_readonly_node_type("")
     deadline = time.monotonic() + wait_s
     while True:
