@@ -1,7 +1,8 @@
 """Check a running Ray cluster before a sweep: on every node, the GPUs Ray advertises against the CUDA devices torch
 sees there and a few steps of a trial's training on each of them (its nets, batch size and compile mode), the
-sweep's storage written and read from that node; the tracking server from the driver; token authentication. One
-table, then each problem on a line of its own; exit code 1 on any problem.
+sweep's storage written and read from that node; the tracking server from the driver; token authentication; on
+the head of a `ray up` AWS cluster, a dry-run launch of each worker type. One table, then each problem on a line of
+its own; exit code 1 on any problem.
 
     python -m gkd_tune.doctor --space search_spaces/gompertz.yaml --address auto                     # on the head
     ray job submit --address http://127.0.0.1:8265 -- python -m gkd_tune.doctor --space ...          # as a Ray job
