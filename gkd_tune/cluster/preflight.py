@@ -206,8 +206,12 @@ def cluster_spans_nodes(wait_s: float = 12.0) -> bool:
 
     if sum(1 for node in ray.nodes() if node.get("Alive")) > 1:
         return True
-    gcs = GcsClient(ray.get_runtime_context().gcs_address)
-    if is_autoscaler_v2(fetch_from_server=True, gcs_client=gcs):  # it never writes v1's status
+    try:
+        gcs = GcsClient(ray.get_runtime_context().gcs_address)
+        v2 = is_autoscaler_v2(fetch_from_server=True, gcs_client=gcs)
+    except Exception:  # a Ray Client driver (ray://) has no GCS address of its own: v1's status is what it can read
+        v2 = False
+    if v2:  # it never writes v1's status
         return any(node.ray_node_type_name for node in get_cluster_resource_state(gcs).node_states)
     readonly_prefix = format_readonly_node_type("")
     deadline = time.monotonic() + wait_s
