@@ -4,7 +4,6 @@ two fake GPUs (gres on /dev/null and /dev/zero), started here; a tiny sweep subm
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import sweep_runs
-from realstack import free_port, missing
+from realstack import free_port, missing, stop
+from test_cluster import processes_matching
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM_CONF = """ClusterName=gkdtest
@@ -78,8 +78,7 @@ def slurm(tmp_path):
         yield env
     finally:
         for daemon in daemons:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait()
+            stop(daemon)
 
 
 def job_state(env: dict, job: str) -> dict:
@@ -90,16 +89,12 @@ def job_state(env: dict, job: str) -> dict:
 def trial_processes_of(job: str) -> set[int]:
     """The pids of Ray Tune trial actors whose environment says they run in SLURM job `job`."""
     found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if not (entry / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
-                    continue
-                environ = (entry / "environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if f"SLURM_JOB_ID={job}".encode() in environ:
-                found.add(int(entry.name))
+    for pid in processes_matching(re.compile(r"^ray::ImplicitFunc")):
+        try:
+            if f"SLURM_JOB_ID={job}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.add(pid)
+        except OSError:  # ended meanwhile
+            pass
     return found
 
 
