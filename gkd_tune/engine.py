@@ -165,7 +165,9 @@ def fit(trials: Trials, storage: SweepStorage, tracker, teachers: list | None = 
             settings.callbacks.append(ConsoleProgress(trials.count, spec.search.metric))
         tuner = tune.Tuner(
             trainable, param_space=settings.param_space,
-            tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent_trials,
+            # reuse_actors: a trial starts in a finished trial's worker (torch and gkd_tune already imported)
+            # instead of a new process; every trial seeds and sets its threads itself
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent_trials, reuse_actors=True,
                                         trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
                                         **settings.tune_config),
             run_config=tune.RunConfig(
