@@ -93,7 +93,8 @@ def test_a_smoke_reproduction_writes_a_table_that_the_parquet_rows_recompute(tmp
     import pyarrow.parquet as pq
 
     monkeypatch.chdir(tmp_path)
-    config = {**SMOKE, "teacher": {"epochs": 2}, "training": {"max_epochs": 3, "batch_size": 128}, "seeds": 2,
+    config = {**SMOKE, "data": {**SMOKE["data"], "image_size": 16},  # wiring: the digits' own detail is enough
+              "teacher": {"epochs": 2}, "training": {"max_epochs": 3, "batch_size": 128}, "seeds": 2,
               "pairs": [{**SMOKE["pairs"][0], "teacher": "resnet8"}],
               "tracking": {"uri": f"sqlite:///{tmp_path}/m.db"}, "storage_path": str(tmp_path / "runs")}
     (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(config))
@@ -254,7 +255,8 @@ def test_the_new_configurations_run_one_epoch_on_digits_to_a_table(tmp_path, mon
     with small nets on a CPU: it ends with its table."""
     monkeypatch.chdir(tmp_path)
     config = yaml.safe_load((ROOT / "reproduce" / f"{name}.yaml").read_text())
-    config.update(data={"source": "digits", "val_fraction": 0.1}, teacher={"epochs": 1, "batch_size": 128},
+    config.update(data={"source": "digits", "val_fraction": 0.1, "image_size": 16},
+                  teacher={"epochs": 1, "batch_size": 128},
                   training={"max_epochs": 1, "batch_size": 128}, seeds=1, resources={"cpu": 1, "gpu": 0},
                   search={"max_concurrent_trials": 2}, tracking={"uri": f"sqlite:///{tmp_path}/m.db"},
                   storage_path=str(tmp_path / "runs"),

@@ -1,17 +1,12 @@
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_budget_halving_promoted_the_best, sweep_runs
+from conftest import sweep_runs
 
 from gkd_tune import engine, search
-from gkd_tune.cli import EXIT_INTERRUPTED
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
@@ -57,141 +52,6 @@ def test_teacher_task_error_comes_back_as_one_line(tmp_path, capsys):
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: data source 'parquet:") and last.endswith("missing.parquet")
     assert "Traceback" not in err and "RayTaskError" not in err
-
-
-def child_runs(db, experiment="quickstart"):
-    return sweep_runs(f"sqlite:///{db}", experiment)
-
-
-@pytest.mark.slow
-def test_quickstart_sweep_interrupted_then_killed_then_resumed(tmp_path):
-    """The README's quickstart, stopped with Ctrl-C mid-sweep, continued with --resume, its driver killed (kill -9:
-    nothing closes its runs), and continued again."""
-    db, storage = tmp_path / "mlflow.db", tmp_path / "runs"
-    # the quickstart's 8 trials: its first 4 run the whole budget, so ASHA judges 4
-    argv = [sys.executable, "-m", "gkd_tune.search", "--space", str(QUICKSTART), "--storage-path", str(storage),
-            "--tracking-uri", f"sqlite:///{db}"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-
-    def start_then_signal(extra: list[str], checkpoints: int, signal_number: int, log_name: str,
-                          at_a_deletion: bool = False) -> int:
-        """Run the driver until its trials have saved `checkpoints` new epochs (and then, `at_a_deletion`, until
-        Tune deletes a trial's previous checkpoint: the moment its saved state may still name that one)."""
-        before = set(storage.glob("quickstart/trial-*/checkpoint_*"))
-        with open(tmp_path / log_name, "w") as log:
-            driver = subprocess.Popen(argv + extra, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
-            deadline, seen = time.time() + 400, set()
-            while time.time() < deadline and driver.poll() is None:
-                now = set(storage.glob("quickstart/trial-*/checkpoint_*"))
-                if len(now - before) >= checkpoints and (not at_a_deletion or seen - now):
-                    break
-                seen = now
-                time.sleep(0.005 if at_a_deletion else 2)
-            driver.send_signal(signal_number)
-            return driver.wait(timeout=180)
-
-    rc = start_then_signal([], 2, signal.SIGINT, "first.log")
-    printed = (tmp_path / "first.log").read_text()
-    assert rc == EXIT_INTERRUPTED, printed[-3000:]
-    assert "The sweep was interrupted" in printed and "--resume" in printed
-    _, parent, children = child_runs(db)
-    assert parent[0].info.status == "KILLED"
-    assert all(r.info.status != "RUNNING" for r in children)
-
-    assert start_then_signal(["--resume"], 2, signal.SIGKILL, "second.log", at_a_deletion=True) == -signal.SIGKILL
-    _, parent, children = child_runs(db)
-    assert parent[0].info.status == "RUNNING"  # left open by the killed driver
-    from ray.tune import ExperimentAnalysis
-
-    # Killed as Tune deleted a checkpoint, the saved state usually still names it: --resume puts it back
-    lost = [Path(t.checkpoint.path).parent.name.removeprefix("trial-")  # t07
-            for t in ExperimentAnalysis(str(storage / "quickstart")).trials
-            if t.checkpoint is not None and not Path(t.checkpoint.path).exists()]
-
-    resumed = subprocess.run(argv + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "8 trials: " in resumed.stdout and "best student:" in resumed.stdout and "mlflow ui" in resumed.stdout
-    assert "Early-stopping fidelity over 4 full-budget trials" in resumed.stdout
-    assert all(f"{t}: its checkpoint in the saved sweep state was deleted" in resumed.stdout for t in lost)
-    assert "0 failed" in resumed.stdout, resumed.stdout[-3000:]
-
-    # the winner's resolution, then its confirmation at new seeds with the baselines, with intervals
-    assert "Resolution: 144 validation images" in resumed.stdout and "McNemar p = " in resumed.stdout
-    assert "Confirmation: 2 configuration(s) and 2 baseline(s) at 4 epochs, seeds 1, 2" in resumed.stdout
-    assert "The answer: t" in resumed.stdout and re.search(r"t\d+ - kd: test_acc [+-]0\.\d{4} \[", resumed.stdout)
-    assert "Tuning bought" in resumed.stdout, resumed.stdout[-3000:]
-
-    client, parent, children = child_runs(db)
-    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    confirming = [r for r in children if "gkd_tune.confirm" in r.data.tags]
-    assert len(confirming) == 8 and all(r.info.status == "FINISHED" and "test_acc" in r.data.metrics
-                                        for r in confirming)
-    children = [r for r in children if "gkd_tune.confirm" not in r.data.tags]
-    # A trial the killed driver had opened a run for, but not yet written into Tune's experiment state, is not
-    # restored: its run is closed KILLED. Every other trial ran once, in one run.
-    assert all(r.info.status in ("FINISHED", "KILLED") for r in children), (
-        [(r.info.run_name, r.info.status, r.data.tags.get("gkd_tune.outcome"), r.data.tags.get("gkd_tune.error"))
-         for r in children], resumed.stdout[-3000:])
-    children = [r for r in children if r.info.status == "FINISHED"]
-    trial_ids = [r.data.tags["gkd_tune.trial_id"] for r in children]
-    assert len(children) == 8 and len(set(trial_ids)) == 8  # no duplicate trials, no duplicate runs
-    final_accuracy = {}
-    for run in children:
-        assert run.info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
-        assert steps == list(range(1, len(steps) + 1)), f"{run.info.run_name}: steps {steps}"
-        for metric in ("loss_ce", "loss_wasserstein", "loss_grad", "loss_kd", "beta", "lr", "train_acc",
-                       "images_per_s"):
-            assert len(client.get_metric_history(run.info.run_id, metric)) == len(steps), metric
-        assert {"b", "c", "r", "tau", "beta_min", "beta_max"} <= set(run.data.params)
-        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"beta_curve.png", "checkpoint"} <= artifacts
-        student_file = client.download_artifacts(run.info.run_id, "checkpoint/student.pt", str(tmp_path / run.info.run_id))
-        from gkd_tune.core.models import load_model
-
-        net, metadata = load_model(Path(student_file), "resnet8", 10)
-        assert metadata["epoch"] == len(steps)
-        # the trial's plan, resolved once in the trial: the student file's params are its MLflow params
-        assert {k: str(v) for k, v in metadata["params"].items()} == run.data.params
-        final_accuracy[run.data.tags["gkd_tune.trial_id"]] = run.data.metrics["val_acc"]
-    outcomes = [r.data.tags["gkd_tune.outcome"] for r in children]
-    assert outcomes.count("stopped_by_asha") >= 1 and outcomes.count("completed") >= 1
-    completed = {r.data.tags["gkd_tune.trial_id"] for r in children if r.data.tags["gkd_tune.outcome"] == "completed"}
-    tested = [r for r in children if "test_acc" in r.data.metrics]  # the test split, once, for the best only
-    assert len(tested) == 1 and len(client.get_metric_history(tested[0].info.run_id, "test_acc")) == 1
-    winner = tested[0].data.tags["gkd_tune.trial_id"]
-    assert final_accuracy[winner] == max(final_accuracy[t] for t in completed)  # a stopped trial never wins
-    # the shipped student: the confirmed answer's median-val run
-    best = parent[0].data.tags["best_trial"]
-    assert next(r for r in confirming if r.data.tags["gkd_tune.trial_id"] == best).info.run_name == \
-        parent[0].data.tags["gkd_tune.champion_run"]
-    import pyarrow.parquet as pq
-
-    rows = pq.read_table(tmp_path / "reports" / "quickstart" / "trials.parquet", columns=["trial_id", "epoch"])
-    keys = list(zip(*(rows.column(name).to_pylist() for name in ("trial_id", "epoch"))))
-    assert len(keys) == len(set(keys)), "an epoch twice in trials.parquet"
-
-    # the best student, registered as quickstart@champion from the best run, exports within parity
-    assert "now models:/quickstart@champion" in resumed.stdout
-    champion = client.get_model_version_by_alias("quickstart", "champion")
-    assert champion.run_id == next(r.info.run_id for r in confirming if r.data.tags["gkd_tune.trial_id"] == best)
-    exported = subprocess.run([sys.executable, "-m", "gkd_tune.export", "--model", "models:/quickstart@champion",
-                               "--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "exported")],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert exported.returncode == 0, exported.stdout[-2000:] + exported.stderr[-2000:]
-    assert [line.endswith(": ok") for line in exported.stdout.splitlines() if line.startswith(("pt2:", "onnx:"))] \
-        == [True, True]
-
-    # resuming the finished sweep with options it did not run with is refused, and its records stay as they are
-    for extra, changed in ((["--num-samples", "9"], "search.num_samples"), (["--seed", "7"], "search.seed")):
-        refused = subprocess.run(argv + extra + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                                 timeout=120)
-        assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
-        assert re.search(rf"error: --resume: .* differs from what this run started with \({changed}; ",
-                         refused.stderr.splitlines()[-1]), refused.stderr
-    _, parent, _ = child_runs(db)
-    assert parent[0].info.status == "FINISHED"
-    assert parent[0].data.metrics["best_test_acc"] == tested[0].data.metrics["test_acc"] > 0.3
 
 
 # ------------------------------------------------------------------ sweeps of fake trials (no training), in-process
@@ -271,7 +131,7 @@ def test_stopped_trials_are_pruned_for_optuna_full_budget_trials_rank_the_rungs_
     assert all((max(t.intermediate_values) == 4) == (t.state == S.COMPLETE) for t in study.trials), [
         (t.state, t.intermediate_values) for t in study.trials]
 
-    client, parent, children = child_runs(tmp_path / "m.db", "fake")
+    client, parent, children = sweep_runs(f"sqlite:///{tmp_path}/m.db", "fake")
     metrics = parent[0].data.metrics
     assert metrics["rung_spearman_e1"] == pytest.approx(1.0) and metrics["rung_spearman_e2"] == pytest.approx(1.0)
     exempt = made["build_scheduler"].exempt
@@ -309,35 +169,6 @@ def test_stopped_trials_are_pruned_for_optuna_full_budget_trials_rank_the_rungs_
 
 
 @pytest.mark.slow
-def test_the_quickstart_with_budget_halving_end_to_end(tmp_path):
-    """The quickstart's real trials under budget halving: 6 configurations at 2 epochs (compressed), the best 2 at
-    4; the best full-budget student tested, registered and copied."""
-    import yaml
-
-    space = yaml.safe_load(QUICKSTART.read_text())
-    space["search"] = {**space["search"], "scheduler": "budget_halving", "num_samples": 6, "full_budget_trials": 0}
-    del space["confirm"]  # (the quickstart's confirmation: test_quickstart_sweep_interrupted_then_killed_then_resumed)
-    file = tmp_path / "quickstart.yaml"
-    file.write_text(yaml.safe_dump(space))
-    db = tmp_path / "mlflow.db"
-    done = subprocess.run([sys.executable, "-m", "gkd_tune.search", "--space", str(file), "--storage-path",
-                           str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{db}"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "6 run(s) x    2 epochs" in done.stdout and "2 run(s) x    4 epochs" in done.stdout
-    assert "8 trials: 8 completed" in done.stdout and "Budget fidelity" in done.stdout
-    client, parent, children = child_runs(db)
-    assert parent[0].info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in children)
-    assert sorted(int(r.data.params["max_epochs"]) for r in children) == [2] * 6 + [4] * 2
-    best = [r for r in children if r.data.tags["gkd_tune.trial_id"] == parent[0].data.tags["best_trial"]]
-    assert best[0].data.params["max_epochs"] == "4" and "test_acc" in best[0].data.metrics
-    # the two full-budget runs are the best two configurations of the first budget
-    assert_budget_halving_promoted_the_best(children, 2, 4, configurations=6, promoted=2)
-    assert (tmp_path / "runs" / "quickstart" / "best" / "student.pt").exists()
-    assert "now models:/quickstart@champion" in done.stdout
-
-
-@pytest.mark.slow
 def test_budget_halving_reruns_the_best_configurations_at_compressed_budgets_and_only_the_full_budget_wins(
         tmp_path, monkeypatch, capsys):
     import pyarrow.parquet as pq
@@ -354,7 +185,7 @@ def test_budget_halving_reruns_the_best_configurations_at_compressed_budgets_and
     assert rc == 0, out[-3000:]
     assert "budgets       9 run(s) x    1 epochs" in out and "17 runs, 31 epochs: 86% of every configuration" in out
     assert "caveat: budget halving keeps the best 1/2 of the 1-epoch runs" in out
-    client, parent, children = child_runs(tmp_path / "m.db", "fake")
+    client, parent, children = sweep_runs(f"sqlite:///{tmp_path}/m.db", "fake")
     assert len(children) == 9 + 5 + 3
     by_config = {}
     for run in children:
@@ -398,7 +229,8 @@ def test_a_baseline_runs_exactly_its_grid_without_optuna_and_tests_each_trial_on
     monkeypatch.setattr(strategy, "build_searcher", lambda spec, build=strategy.build_searcher: made.append(
         build(spec)) or made[-1])
     baselines = yaml.safe_load((ROOT / "search_spaces" / "baselines.yaml").read_text())
-    baselines.update(data={"source": "digits"}, teacher={"arch": "resnet8", "epochs": 1}, student="resnet8",
+    baselines.update(data={"source": "digits", "image_size": 16}, teacher={"arch": "resnet8", "epochs": 1},
+                     student="resnet8",
                      training={"max_epochs": 1, "batch_size": 128}, resources={"cpu": 1, "gpu": 0},
                      storage_path=str(tmp_path / "runs"), tracking={"uri": f"sqlite:///{tmp_path}/m.db"})
     baselines["params"].update(seed={"grid": [0, 1]}, lr=0.1)
@@ -413,7 +245,7 @@ def test_a_baseline_runs_exactly_its_grid_without_optuna_and_tests_each_trial_on
     monkeypatch.chdir(tmp_path)
     assert search.main(["--space", str(tmp_path / "baselines.yaml")]) == 0
     assert made == [None]  # no Optuna
-    _, parent, children = child_runs(tmp_path / "m.db", baselines["name"])
+    _, parent, children = sweep_runs(f"sqlite:///{tmp_path}/m.db", baselines["name"])
     assert sorted((r.data.params["method"], r.data.params["seed"]) for r in children) == [
         (m, s) for m in ("dkd", "kd", "student") for s in ("0", "1")]
     assert all(r.data.tags["gkd_tune.outcome"] == "completed" and 0 < r.data.metrics["test_acc"] <= 1
@@ -444,7 +276,7 @@ def test_a_sweep_whose_trials_all_fail_says_so_in_one_line_and_fails_and_set_up_
     assert rc == 1
     assert "all 2 trials failed; first error: " in capsys.readouterr().err
     assert sorted(p.name for p in attempts.iterdir()) == ["b1-0", "b1-1", "b4-0"]
-    _, parent, children = child_runs(tmp_path / "m.db", "fake")
+    _, parent, children = sweep_runs(f"sqlite:///{tmp_path}/m.db", "fake")
     assert parent[0].info.status == "FAILED" and all(r.info.status == "FAILED" for r in children)
     assert all(r.data.tags["gkd_tune.outcome"] == "failed" for r in children)
     assert sorted(r.data.tags["gkd_tune.error"] for r in children) == [
@@ -464,7 +296,7 @@ def test_an_error_after_the_trials_closes_every_run_and_prints_one_line(tmp_path
     # (prefixed with the task's name and pid), which this process does not control.
     assert rc == 1 and [line for line in err.splitlines() if line.startswith("error:")] == [
         "error: OSError: disk full  (--debug shows the traceback)"]
-    _, parent, children = child_runs(tmp_path / "m.db", "fake")
+    _, parent, children = sweep_runs(f"sqlite:///{tmp_path}/m.db", "fake")
     assert parent[0].info.status == "FAILED" and all(r.info.status == "FINISHED" for r in children)
 
 
@@ -565,7 +397,7 @@ def test_repeat_runs_each_configuration_at_its_seeds_and_optuna_learns_their_mea
     study = made["build_searcher"].searcher._ot_study
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     assert all(t.value == pytest.approx(t.params["b"] / 10 + 0.005) for t in study.trials)
-    client, parent, children = child_runs(tmp_path / "m.db", "fake")
+    client, parent, children = sweep_runs(f"sqlite:///{tmp_path}/m.db", "fake")
     seeds = sorted((r.data.params["b"], r.data.params["seed"]) for r in children)
     assert [seed for _, seed in seeds] == ["0", "1"] * 3  # each configuration at seeds 0 and 1
     best_b = max(float(t.params["b"]) for t in study.trials)
