@@ -88,15 +88,18 @@ def test_unreachable_storage_ends_search_report_and_reproduce_alike(tmp_path, sc
     storage = f"{scheme}://gkd-tune-no-such-bucket-0/runs"
     env = dict(os.environ, GKD_TUNE_PROBE_TIMEOUT_S="2")
     quickstart = str(ROOT / "search_spaces" / "quickstart.yaml")
-    for module, argv in (("search", ["--space", quickstart]), ("report", ["--space", quickstart]),
-                         ("reproduce", ["--config", str(ROOT / "reproduce" / "smoke.yaml")])):
-        done = subprocess.run([sys.executable, "-m", f"gkd_tune.{module}", *argv, "--storage-path", storage,
-                               "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        assert done.returncode == 2 and len(lines) == 1, (module, done.stdout[-2000:], done.stderr[-2000:])
+    modules = {"search": ["--space", quickstart], "report": ["--space", quickstart],
+               "reproduce": ["--config", str(ROOT / "reproduce" / "smoke.yaml")]}
+    started = {module: subprocess.Popen([sys.executable, "-m", f"gkd_tune.{module}", *argv, "--storage-path", storage,
+                                         "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], cwd=tmp_path, env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for module, argv in modules.items()}  # side by side: each mostly waits on its probe
+    for module, command in started.items():
+        stdout, stderr = command.communicate(timeout=120)
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert command.returncode == 2 and len(lines) == 1, (module, stdout[-2000:], stderr[-2000:])
         assert lines[0].startswith("error: storage_path") and storage in lines[0], (module, lines)
-        assert "ray" not in done.stdout.lower() and not (tmp_path / "mlflow.db").exists(), module
+        assert "ray" not in stdout.lower() and not (tmp_path / "mlflow.db").exists(), module
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "soon", "1e9"])

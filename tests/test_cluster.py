@@ -420,7 +420,9 @@ def test_sweep_on_the_local_cluster_over_s3_and_a_tracking_server_survives_losin
     assert wrong.returncode != 0 and "InvalidAuthToken" in wrong.stdout + wrong.stderr
 
     name = "cluster-test"
-    space = space_file(tmp_path, name, seaweedfs.uri(RUNS_PREFIX), mlflow_server.uri)
+    # 24 x 24: epochs short, yet long enough (seconds, 4 trials on 2 cores) for the loss to land mid-epoch
+    space = space_file(tmp_path, name, seaweedfs.uri(RUNS_PREFIX), mlflow_server.uri,
+                       data={"source": "digits", "image_size": 24})
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen([sys.executable, "-m", "gkd_tune.search", "--space", str(space), "--address",
                                local_cluster.address], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -141,7 +141,8 @@ def test_each_trial_run_has_every_epochs_curves_its_params_and_its_student_with_
             assert len(client.get_metric_history(run.info.run_id, metric)) == len(steps), metric
         assert {"b", "c", "r", "tau", "beta_min", "beta_max"} <= set(run.data.params)
         assert {"beta_curve.png", "checkpoint"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
-        student_file = client.download_artifacts(run.info.run_id, "checkpoint/student.pt", str(tmp_path / run.info.run_id))
+        student_file = client.download_artifacts(run.info.run_id, "checkpoint/student.pt",
+                                                 str(tmp_path / run.info.run_id))
         _, metadata = load_model(Path(student_file), "resnet8", 10)
         assert metadata["epoch"] == len(steps)
         # the trial's plan, resolved once in the trial: the student file's params are its MLflow params
