@@ -54,8 +54,9 @@ resources: {cpu: 1, gpu: 1}
 @pytest.fixture
 def slurm(tmp_path):
     """A single-node SLURM on loopback (root only: slurmd runs jobs as their users); its environment."""
-    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("slurmctld", "slurmd", "sbatch", "scontrol")):
-        missing("a SLURM test needs root and Debian's slurm-wlm (slurmctld, slurmd, sbatch)")
+    tools = ("slurmctld", "slurmd", "sbatch", "scontrol", "unshare")
+    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in tools):
+        missing("a SLURM test needs root, Debian's slurm-wlm (slurmctld, slurmd, sbatch) and util-linux's unshare")
     folder = tmp_path / "slurm"
     for name in ("state", "spool"):
         (folder / name).mkdir(parents=True)
@@ -65,9 +66,13 @@ def slurm(tmp_path):
                                       "NodeName=localhost Name=gpu File=/dev/zero\n")
     (folder / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\n")
     env = dict(os.environ, SLURM_CONF=str(conf))
-    daemons = [subprocess.Popen([daemon, "-D", "-f", str(conf), *extra], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-               for daemon, extra in (("slurmctld", ["-i"]), ("slurmd", ["-N", "localhost"]))]
+    # slurmd, and so the job, in a PID namespace of its own: a node of its own, where `ray symmetric-run` finds no
+    # other Ray running (another test's, in the other pytest-xdist worker) and refuses to start
+    own_pids = ["unshare", "--pid", "--fork", "--mount-proc"]
+    daemons = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+               for command in (["slurmctld", "-D", "-f", str(conf), "-i"],
+                               [*own_pids, "slurmd", "-D", "-f", str(conf), "-N", "localhost"])]
     try:
         deadline = time.time() + 60
         while "idle" not in subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True,
@@ -87,12 +92,13 @@ def job_state(env: dict, job: str) -> dict:
 
 
 def trial_processes_of(job: str) -> set[int]:
-    """The pids of Ray Tune trial actors whose environment says they run in SLURM job `job`."""
+    """The pids of Ray Tune trial actors whose environment says they run in SLURM job `job`, as they see them
+    (in the job's PID namespace: the last of /proc's NSpid)."""
     found = set()
     for pid in processes_matching(re.compile(r"^ray::ImplicitFunc")):
         try:
             if f"SLURM_JOB_ID={job}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                found.add(pid)
+                found.add(int(re.search(r"^NSpid:.*?(\d+)$", Path(f"/proc/{pid}/status").read_text(), re.M)[1]))
         except OSError:  # ended meanwhile
             pass
     return found
