@@ -1,7 +1,26 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+
+# Under pytest-xdist (.ci/run: -n 2), each worker's torch takes its share of the cores: two workers whose OpenMP
+# threads each spin on every core slow each other down more than running one after the other would
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+# the MLflow servers the tests start (`mlflow server`, `mlflow ui`, the SLURM job's) without MLflow's job runner: a
+# dozen huey consumers that gkd-tune never submits to, a core-minute of the suite to start
+os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+# the modules that take minutes (--durations), handed out first to the workers of --dist loadfile (each module's
+# tests in one worker: its module fixtures run once), so that the two end together, the quick modules last
+LONGEST_FIRST = ("test_cluster", "test_quickstart", "test_search", "test_train", "test_reproduce", "test_slurm")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))  # stable: each module keeps its order
+
 
 # ../shared/data beside the checkout; GKD_TUNE_SHARED_DATA points elsewhere (a GPU machine without ../shared)
 SHARED_DATA = Path(os.environ.get("GKD_TUNE_SHARED_DATA",
@@ -20,6 +39,23 @@ def isolated_cache(tmp_path_factory):
         del os.environ["GKD_TUNE_CACHE"]
     else:
         os.environ["GKD_TUNE_CACHE"] = previous
+
+
+def new_tracking_store(path: Path) -> str:
+    """`sqlite:///{path}`, the MLflow store there (a --resume's) or else a new one: a copy of an empty store migrated
+    once in this session (in its cache folder), as MLflow migrates each new store for about 2 s. Sweeps that create
+    their own store: the quickstart's, the command-line tests'."""
+    if path.exists():
+        return f"sqlite:///{path}"
+    template = Path(os.environ["GKD_TUNE_CACHE"]) / "empty-mlflow.db"
+    if not template.exists():
+        from mlflow.tracking import MlflowClient
+
+        migrating = template.with_name("migrating-mlflow.db")
+        MlflowClient(f"sqlite:///{migrating}").search_experiments()
+        migrating.rename(template)
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture
@@ -73,3 +109,4 @@ def assert_budget_halving_promoted_the_best(children, first_budget: int, full_bu
 
 # the real servers of the `realstack` tests (S3, PostgreSQL, an MLflow server on both), one each per session
 from realstack import mlflow_server, postgres, seaweedfs  # noqa: E402,F401
+

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import new_tracking_store
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -31,7 +32,7 @@ def write_sweep(tmp_path) -> tuple[str, str, list[str]]:
     from gkd_tune.sweep.space import PLAN_KEY, TrialPlan, load_space
     from gkd_tune.sweep.tracking import MlflowTrialLogger, SweepTracker
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_tracking_store(tmp_path / "mlflow.db")
     spec = load_space(ROOT / "search_spaces" / "quickstart.yaml").with_overrides(tracking_uri=uri)
     tracker = SweepTracker(spec, str(tmp_path / "runs" / "quickstart"))
     logger = MlflowTrialLogger(spec, str(tmp_path / "runs" / "quickstart"))

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import new_tracking_store
 
 from gkd_tune.core.files import STUDENT_FILE
 from gkd_tune.core.models import build_model, load_student, save_model
@@ -47,7 +48,7 @@ def test_the_champion_is_the_best_by_validation_and_predicts_as_the_student_does
     from gkd_tune.sweep.space import parse_space
     from gkd_tune.sweep.tracking import SweepTracker
 
-    uri = f"sqlite:///{tmp_path}/m.db"
+    uri = new_tracking_store(tmp_path / "m.db")
     spec = parse_space({"name": "shipped", "tracking": {"uri": uri}})
     said = []
     for sweep, val_acc in (("first", 0.6), ("second", 0.7), ("third", 0.65)):  # one sweep name, three runs of it

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import sweep_runs
+from conftest import new_tracking_store, sweep_runs
 
 from gkd_tune import reproduce
 
@@ -96,7 +96,7 @@ def test_a_smoke_reproduction_writes_a_table_that_the_parquet_rows_recompute(tmp
     config = {**SMOKE, "data": {**SMOKE["data"], "image_size": 16},  # wiring: the digits' own detail is enough
               "teacher": {"epochs": 2}, "training": {"max_epochs": 3, "batch_size": 128}, "seeds": 2,
               "pairs": [{**SMOKE["pairs"][0], "teacher": "resnet8"}],
-              "tracking": {"uri": f"sqlite:///{tmp_path}/m.db"}, "storage_path": str(tmp_path / "runs")}
+              "tracking": {"uri": new_tracking_store(tmp_path / "m.db")}, "storage_path": str(tmp_path / "runs")}
     (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(config))
     assert reproduce.main(["--config", str(tmp_path / "smoke.yaml"), "--out", str(tmp_path / "out"),
                            "--epochs", "2"]) == 0
@@ -258,7 +258,7 @@ def test_the_new_configurations_run_one_epoch_on_digits_to_a_table(tmp_path, mon
     config.update(data={"source": "digits", "val_fraction": 0.1, "image_size": 16},
                   teacher={"epochs": 1, "batch_size": 128},
                   training={"max_epochs": 1, "batch_size": 128}, seeds=1, resources={"cpu": 1, "gpu": 0},
-                  search={"max_concurrent_trials": 2}, tracking={"uri": f"sqlite:///{tmp_path}/m.db"},
+                  search={"max_concurrent_trials": 2}, tracking={"uri": new_tracking_store(tmp_path / "m.db")},
                   storage_path=str(tmp_path / "runs"),
                   pairs=[{**config["pairs"][0], "teacher": "resnet14", "student": "resnet8"}])
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -4,7 +4,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import sweep_runs
+from conftest import new_tracking_store, sweep_runs
 
 from gkd_tune import engine, search
 
@@ -94,7 +94,7 @@ def run_fake_sweep(tmp_path, monkeypatch, space: dict, trainable, *extra, evalua
     monkeypatch.chdir(tmp_path)  # the report goes to ./reports/fake
     file = tmp_path / "space.yaml"
     file.write_text(yaml.safe_dump({"name": "fake", "storage_path": str(tmp_path / "runs"), "data": {"source": "digits"},
-                                    "tracking": {"uri": f"sqlite:///{tmp_path}/m.db"}, **space}))
+                                    "tracking": {"uri": new_tracking_store(tmp_path / "m.db")}, **space}))
     made = {}
 
     def keep(build):
@@ -232,7 +232,7 @@ def test_a_baseline_runs_exactly_its_grid_without_optuna_and_tests_each_trial_on
     baselines.update(data={"source": "digits", "image_size": 16}, teacher={"arch": "resnet8", "epochs": 1},
                      student="resnet8",
                      training={"max_epochs": 1, "batch_size": 128}, resources={"cpu": 1, "gpu": 0},
-                     storage_path=str(tmp_path / "runs"), tracking={"uri": f"sqlite:///{tmp_path}/m.db"})
+                     storage_path=str(tmp_path / "runs"), tracking={"uri": new_tracking_store(tmp_path / "m.db")})
     baselines["params"].update(seed={"grid": [0, 1]}, lr=0.1)
     baselines["search"].update(max_concurrent_trials=2, test_top_k=6)
     import torch

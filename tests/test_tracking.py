@@ -4,6 +4,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import new_tracking_store
 
 from gkd_tune.sweep import tracking
 from gkd_tune.sweep.space import PLAN_KEY, TrialPlan, load_space
@@ -12,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_run_whose_driver_died_while_logging_its_plan_gets_its_params_and_beta_curve_on_resume(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_tracking_store(tmp_path / "mlflow.db")
     spec = load_space(ROOT / "search_spaces" / "quickstart.yaml").with_overrides(tracking_uri=uri)
     location = str(tmp_path / "runs" / "quickstart")
     config = {"b": 2.0, "inflection": 0.3, "r": 0.5, "tau": 4.0, "beta_min": 0.1, "beta_max": 0.8}
@@ -43,7 +44,7 @@ def test_a_run_whose_driver_died_while_logging_its_plan_gets_its_params_and_beta
 
 def test_a_finished_sweeps_run_stays_finished_whatever_a_later_resume_ends_with(tmp_path):
     spec = load_space(ROOT / "search_spaces" / "quickstart.yaml").with_overrides(
-        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+        tracking_uri=new_tracking_store(tmp_path / "mlflow.db"))
     location = str(tmp_path / "runs" / "quickstart")
     first = tracking.SweepTracker(spec, location)
     first.finish("FINISHED", "trial001", 0.9)
