@@ -5,9 +5,8 @@ from pathlib import Path
 import pytest
 
 # the MLflow servers the tests start (`mlflow server`, `mlflow ui`, the SLURM job's) without MLflow's job runner: a
-# dozen huey consumers that gkd-tune never submits to, a core-minute of the suite to start
+# job runner and 7 huey consumers per server that gkd-tune never submits to (86 core-s of the suite)
 os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-
 
 # ../shared/data beside the checkout; GKD_TUNE_SHARED_DATA points elsewhere (a GPU machine without ../shared)
 SHARED_DATA = Path(os.environ.get("GKD_TUNE_SHARED_DATA",
@@ -96,4 +95,3 @@ def assert_budget_halving_promoted_the_best(children, first_budget: int, full_bu
 
 # the real servers of the `realstack` tests (S3, PostgreSQL, an MLflow server on both), one each per session
 from realstack import mlflow_server, postgres, seaweedfs  # noqa: E402,F401
-

@@ -66,8 +66,8 @@ def slurm(tmp_path):
                                       "NodeName=localhost Name=gpu File=/dev/zero\n")
     (folder / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\n")
     env = dict(os.environ, SLURM_CONF=str(conf))
-    # slurmd, and so the job, in a PID namespace of its own: a node of its own, where `ray symmetric-run` finds no
-    # other Ray running (another test's, in the other pytest-xdist worker) and refuses to start
+    # slurmd, and so the job, in a PID namespace of its own, as on a node of its own: `ray symmetric-run` refuses to
+    # start where it sees any other Ray running on the machine (a developer's own, a test's run beside this one)
     own_pids = ["unshare", "--pid", "--fork", "--mount-proc"]
     daemons = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                 start_new_session=True)
