@@ -150,6 +150,7 @@ def fit(trials: Trials, storage: SweepStorage, tracker, teachers: list | None = 
     from ray import tune
 
     from .sweep.progress import ConsoleProgress
+    from .sweep.trial_history import trial_history_loggers
     from .sweep.worker_files import TextErrorsOnly
 
     spec = trials.spec
@@ -160,7 +161,8 @@ def fit(trials: Trials, storage: SweepStorage, tracker, teachers: list | None = 
                                    storage_filesystem=storage.tune_filesystem)
     else:
         settings = trials.tune_settings(storage, tracker, teachers_metadata or [])
-        settings.callbacks.append(TextErrorsOnly())  # pickled with the run, so a --resume keeps it too
+        # pickled with the run, so a --resume keeps them too
+        settings.callbacks += [TextErrorsOnly(), *trial_history_loggers()]
         if not trials.verbose:  # pickled with the run: a --resume keeps its console
             settings.callbacks.append(ConsoleProgress(trials.count, spec.search.metric))
         tuner = tune.Tuner(

@@ -20,7 +20,7 @@ LAYERS = {
         {"teacher"},
     ],
     "sweep": [  # a sweep inside Ray Tune: its file, search, tracking, trainable, report
-        {"storage", "worker_files"},
+        {"storage", "worker_files", "trial_history"},
         {"space"},
         {"strategy", "resume"},
         {"tracking", "trainable", "progress"},

@@ -76,6 +76,16 @@ def test_a_pickle_a_worker_planted_as_its_trials_error_runs_neither_on_the_drive
     assert planted.read_bytes() == payload
     assert not marker.exists()
     assert "failed: t02  (ValueError: t02 went wrong)" in out, out[-3000:]
+    # the Tuner a --resume restores (written by the driver) keeps its error callback and its loggers of a
+    # restarted trial's rows (trial_history.py)
+    import ray.cloudpickle
+
+    from gkd_tune.sweep.trial_history import TrialProgressCsv, TrialResultsJson
+    from gkd_tune.sweep.worker_files import TextErrorsOnly
+
+    tuner_state = ray.cloudpickle.loads((tmp_path / "runs" / "fake" / "tuner.pkl").read_bytes())
+    kinds = {type(callback) for callback in tuner_state["_run_config"].callbacks}
+    assert {TextErrorsOnly, TrialResultsJson, TrialProgressCsv} <= kinds, kinds
 
     # a report of the sweep, as on a laptop, from the same storage: the error is still read as text
     from gkd_tune import report
