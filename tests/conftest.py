@@ -4,6 +4,21 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (.ci/run: -n 2), each worker's torch takes its share of the cores: two workers whose OpenMP
+# threads each spin on every core slow each other down more than running one after the other would
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+# the modules that take minutes (--durations), handed out first to the workers of --dist loadfile (each module's
+# tests in one worker: its module fixtures run once), so that the two end together, the quick modules last
+LONGEST_FIRST = ("test_cluster", "test_quickstart", "test_search", "test_train", "test_reproduce", "test_slurm")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))  # stable: each module keeps its order
+
+
 # the MLflow servers the tests start (`mlflow server`, `mlflow ui`, the SLURM job's) without MLflow's job runner: a
 # job runner and 7 huey consumers per server that gkd-tune never submits to (86 core-s of the suite)
 os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
