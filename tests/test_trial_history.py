@@ -47,6 +47,13 @@ def result(epoch: int) -> dict:
     return {"trial_id": "t01", "epoch": epoch, "val_acc": 0.1 * epoch}
 
 
+def restart_and_report_epoch_3(trial, logger) -> None:
+    """The trial restarts from its checkpoint (its last finished epoch, 2) and reports its next."""
+    logger.log_trial_start(trial)
+    logger.log_trial_result(3, trial, result(3))
+    logger.log_trial_end(trial)
+
+
 def epochs_in(trial, logger) -> list[int]:
     folder = Path(trial.local_path)
     if isinstance(logger, JsonLoggerCallback):
@@ -58,9 +65,7 @@ def epochs_in(trial, logger) -> list[int]:
 @pytest.mark.parametrize("logger", [TrialResultsJson(), TrialProgressCsv()], ids=["result.json", "progress.csv"])
 def test_a_restarted_trial_keeps_the_rows_storage_had_not_received(logger, tmp_path):
     trial = restarting_trial(tmp_path, synced_epochs=1, driver_epochs=2, logger=logger)
-    logger.log_trial_start(trial)  # the trial restarts from its epoch-2 checkpoint
-    logger.log_trial_result(3, trial, result(3))
-    logger.log_trial_end(trial)
+    restart_and_report_epoch_3(trial, logger)
     assert epochs_in(trial, logger) == [1, 2, 3]
 
 
@@ -68,18 +73,14 @@ def test_a_restarted_trial_keeps_the_rows_storage_had_not_received(logger, tmp_p
 def test_the_stock_loggers_lose_them(logger, tmp_path):
     # why trial_history exists: if this fails, Ray Tune keeps the driver's rows itself and the module can go
     trial = restarting_trial(tmp_path, synced_epochs=1, driver_epochs=2, logger=logger)
-    logger.log_trial_start(trial)
-    logger.log_trial_result(3, trial, result(3))
-    logger.log_trial_end(trial)
+    restart_and_report_epoch_3(trial, logger)
     assert epochs_in(trial, logger) == [1, 3]
 
 
 @pytest.mark.parametrize("logger", [TrialResultsJson(), TrialProgressCsv()], ids=["result.json", "progress.csv"])
 def test_a_driver_without_the_files_takes_them_from_storage(logger, tmp_path):
     trial = restarting_trial(tmp_path, synced_epochs=2, driver_epochs=None, logger=logger)
-    logger.log_trial_start(trial)
-    logger.log_trial_result(3, trial, result(3))
-    logger.log_trial_end(trial)
+    restart_and_report_epoch_3(trial, logger)
     assert epochs_in(trial, logger) == [1, 2, 3]
 
 
