@@ -13,6 +13,6 @@ rm -rf .whl && mkdir -p .whl
 mkdir -p .gpu-data && cp -r ../shared/data/cifar10-full .gpu-data/
 du -sh .whl .gpu-data
 cat <<'COMMAND'
-device run, carry [".whl", ".gpu-data"], timeout_s 600:
+device run, carry [".whl", ".gpu-data"], timeout_s 590:
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; GKD_TUNE_GPU_DATA=.gpu-data/cifar10-full PYTHON=python3 bash benchmarks/gpu_check.sh $OUT
 COMMAND
