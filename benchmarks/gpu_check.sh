@@ -20,8 +20,8 @@
 #
 # Writes to OUT_DIR (6 files; the device tool brings back 8 at most): gpu_check.log (everything), teacher.log,
 # students.log (the nine students' logs, one after the other), real_result.json (per run: val acc and img/s per
-# epoch, test acc; the paired differences; written after the teacher and after the students), pytest.log, step_throughput.json. Checkpoints
-# and students go to WORK_DIR (default: a temporary folder).
+# epoch, test acc; the paired differences; written after the teacher and after the students), pytest.log,
+# step_throughput.json. Checkpoints and students go to WORK_DIR (default: a temporary folder).
 #
 # Needs gkd-tune's core dependencies (torch, torchvision, geomloss, pyarrow, pillow, filelock, numpy, scikit-learn,
 # scipy) and pytest; not Ray, MLflow or Optuna. PYTHON picks the interpreter (default: .venv/bin/python where there
@@ -92,13 +92,16 @@ for name in ["teacher"] + [f"{m}-{s}" for s in seeds for m in methods]:
     if not file.exists():
         continue
     rows = json.loads(file.read_text())
-    completed = rows[-1].get("outcome") == "completed" and rows[-1].get("test_acc") is not None
-    runs[name] = {"epochs": len(rows), "outcome": rows[-1].get("outcome") if completed else "cut short",
-                  "val_acc": [r["val_acc"] for r in rows], "images_per_s": [round(r["images_per_s"]) for r in rows],
-                  "test_acc": rows[-1].get("test_acc")}
     test_acc = rows[-1].get("test_acc")
+    # the loop's outcome (completed, diverged) where it gave one; a run stopped before it or before its test: cut short
+    outcome = rows[-1].get("outcome") or "cut short"
+    if outcome == "completed" and test_acc is None:
+        outcome = "cut short"
+    runs[name] = {"epochs": len(rows), "outcome": outcome, "val_acc": [r["val_acc"] for r in rows],
+                  "images_per_s": [round(r["images_per_s"]) for r in rows], "test_acc": test_acc}
     line = f"   {name:<11} epochs {len(rows):>2}  val acc {rows[-1]['val_acc']:.4f}  test acc "
-    print(line + (f"{test_acc:.4f}" if completed else "- (cut short)") + f"  img/s {runs[name]['images_per_s'][-1]}")
+    completed = outcome == "completed"
+    print(line + (f"{test_acc:.4f}" if completed else f"- ({outcome})") + f"  img/s {runs[name]['images_per_s'][-1]}")
     if completed and name != "teacher":
         method, seed = name.rsplit("-", 1)
         test.setdefault(method, {})[int(seed)] = test_acc
